@@ -1,0 +1,47 @@
+"""Deploy (placeholder until serving lands): render the InferenceService the promoted model gets.
+
+The first model is served at 100 %; a promoted challenger becomes a canary at the rollout policy's
+first step next to the current champion. The rendered object is saved as the step's artifact.
+"""
+
+from kfp import dsl
+
+from components.adapter import step
+from components.spec import ModelSpec
+
+
+def render(spec: ModelSpec, version: str, alias: str, champion_version: str | None) -> dict:
+    """The InferenceService for a newly registered `version` with alias `alias`."""
+    from components import registry
+    from serving.inference_service import build_inference_service
+
+    if alias == registry.CHAMPION:
+        return build_inference_service(spec, version)
+    return build_inference_service(
+        spec, version, champion_version=champion_version, canary_percent=spec.deployment.canary_steps[0]
+    )
+
+
+@step
+def deploy_op(
+    spec_yaml: str,
+    tracking_uri: str,
+    version: str,
+    alias: str,
+    inference_service: dsl.Output[dsl.Artifact],
+):
+    """Render the InferenceService for the promoted version and save it as an artifact."""
+    from components import registry
+    from components.deploy import render
+    from components.progress import say
+    from components.spec import parse_spec
+    from serving.inference_service import to_yaml
+
+    spec = parse_spec(spec_yaml)
+    champion = registry.champion_version(registry.connect(tracking_uri), spec.name)
+    obj = render(spec, version, alias, champion.version if champion else None)
+    with open(inference_service.path, "w") as handle:
+        handle.write(to_yaml(obj))
+    inference_service.metadata.update({"name": spec.name, "version": version, "alias": alias})
+    traffic = "100 %" if alias == registry.CHAMPION else f"canary {spec.deployment.canary_steps[0]} %"
+    say(f"deploy: InferenceService {spec.deployment.namespace}/{spec.name} for version {version} ({traffic})")

@@ -1,0 +1,179 @@
+"""Evaluation: the challenger against the current `@champion` on the same holdout rows.
+
+Gates, all from the spec: absolute minimums and maximums, the largest allowed regression against the
+champion, and a fairness gap across one attribute. The very first model has no champion and is judged
+on the absolute gates alone. The verdict carries one readable reason per gate.
+"""
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from kfp import dsl
+
+from components.adapter import step
+from components.data import labels
+from components.metrics import classification_metrics
+from components.spec import HIGHER_IS_BETTER, ModelSpec
+from components.train import predict_positive, split
+
+
+@dataclass
+class Verdict:
+    """Whether to promote, and why: one line per gate, failing ones first."""
+
+    promote: bool
+    reasons: list[str]
+    challenger: dict[str, float]
+    champion: dict[str, float] | None = None
+    champion_version: str | None = None
+    fairness_gap: float | None = None
+    failed: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Verdict":
+        return cls(**json.loads(text))
+
+    @property
+    def summary(self) -> str:
+        if self.promote:
+            return "promote: every gate passed"
+        return "reject: " + "; ".join(self.failed)
+
+
+def fairness_gap(spec: ModelSpec, holdout: pd.DataFrame, proba: np.ndarray) -> float:
+    """The spec's fairlearn metric across the groups of its fairness attribute."""
+    from fairlearn import metrics as fairlearn_metrics
+
+    rule = spec.evaluation.fairness
+    metric = getattr(fairlearn_metrics, rule.metric)
+    predicted = (proba >= spec.evaluation.decision_threshold).astype(int)
+    groups = holdout[rule.attribute].astype(str).fillna("<missing>")
+    return float(metric(labels(holdout, spec), predicted, sensitive_features=groups))
+
+
+def judge(
+    spec: ModelSpec,
+    challenger: dict[str, float],
+    champion: dict[str, float] | None,
+    gap: float | None,
+    champion_version: str | None = None,
+) -> Verdict:
+    """Apply every gate of the spec to already computed metrics."""
+    rules = spec.evaluation
+    passed, failed = [], []
+
+    def check(ok: bool, text: str) -> None:
+        (passed if ok else failed).append(text)
+
+    for metric, floor in sorted(rules.minimum.items()):
+        value = challenger[metric]
+        check(value >= floor, f"{metric} {value:.4f} {'≥' if value >= floor else '<'} minimum {floor:.4f}")
+    for metric, ceiling in sorted(rules.maximum.items()):
+        value = challenger[metric]
+        check(value <= ceiling, f"{metric} {value:.4f} {'≤' if value <= ceiling else '>'} maximum {ceiling:.4f}")
+    if champion is None:
+        passed.append("no @champion yet: judged on absolute gates only")
+    else:
+        for metric, allowed in sorted(rules.max_regression.items()):
+            worse_by = champion[metric] - challenger[metric]
+            if metric not in HIGHER_IS_BETTER:
+                worse_by = -worse_by
+            check(
+                worse_by <= allowed,
+                f"{metric} {challenger[metric]:.4f} vs champion v{champion_version} {champion[metric]:.4f}: "
+                f"{'worse' if worse_by > 0 else 'not worse'} by {max(worse_by, 0.0):.4f} "
+                f"({'within' if worse_by <= allowed else 'over'} the allowed {allowed:.4f})",
+            )
+    if rules.fairness is not None and gap is not None:
+        f = rules.fairness
+        check(
+            gap <= f.max_gap,
+            f"{f.metric} across {f.attribute} {gap:.4f} {'≤' if gap <= f.max_gap else '>'} max gap {f.max_gap:.4f}",
+        )
+    reasons = [f"FAIL {r}" for r in failed] + [f"pass {r}" for r in passed]
+    return Verdict(
+        promote=not failed,
+        reasons=reasons,
+        challenger=challenger,
+        champion=champion,
+        champion_version=champion_version,
+        fairness_gap=gap,
+        failed=failed,
+    )
+
+
+def evaluate(
+    spec: ModelSpec,
+    holdout: pd.DataFrame,
+    challenger_model,
+    champion_model=None,
+    champion_version: str | None = None,
+) -> Verdict:
+    """Score both models on the same holdout rows and judge the challenger."""
+    y = labels(holdout, spec)
+    threshold = spec.evaluation.decision_threshold
+    proba = predict_positive(challenger_model, holdout, spec)
+    challenger = classification_metrics(y, proba, threshold)
+    champion = None
+    if champion_model is not None:
+        champion = classification_metrics(y, predict_positive(champion_model, holdout, spec), threshold)
+    gap = fairness_gap(spec, holdout, proba) if spec.evaluation.fairness else None
+    return judge(spec, challenger, champion, gap, champion_version)
+
+
+def evaluate_run(spec: ModelSpec, training_set_path: Path, tracking_uri: str, model_uri: str) -> Verdict:
+    """Load the challenger and the current champion from MLflow and evaluate on the holdout."""
+    import mlflow
+
+    from components import registry
+
+    client = registry.connect(tracking_uri)
+    _, holdout = split(pd.read_parquet(training_set_path), spec)
+    challenger = mlflow.sklearn.load_model(model_uri)
+    champion = registry.champion_version(client, spec.name)
+    champion_model = None
+    if champion is not None:
+        champion_model = mlflow.sklearn.load_model(f"models:/{spec.name}/{champion.version}")
+    return evaluate(spec, holdout, challenger, champion_model, champion.version if champion else None)
+
+
+@step
+def evaluate_op(
+    spec_yaml: str,
+    tracking_uri: str,
+    training_set: dsl.Input[dsl.Dataset],
+    model_uri: str,
+    metrics: dsl.Output[dsl.Metrics],
+    verdict: dsl.Output[dsl.Artifact],
+) -> bool:
+    """Challenger vs @champion on the same holdout; returns `promote`, which drives the deploy.
+
+    The full verdict (reasons, both models' metrics) is the `verdict` artifact (JSON).
+    """
+    import json
+    from pathlib import Path
+
+    from components.evaluate import evaluate_run
+    from components.progress import say
+    from components.spec import parse_spec
+
+    spec = parse_spec(spec_yaml)
+    result = evaluate_run(spec, Path(training_set.path), tracking_uri, model_uri)
+    for name, value in result.challenger.items():
+        metrics.log_metric(name, value)
+    for name, value in (result.champion or {}).items():
+        metrics.log_metric(f"champion_{name}", value)
+    if result.fairness_gap is not None:
+        metrics.log_metric("fairness_gap", result.fairness_gap)
+    Path(verdict.path).write_text(json.dumps(result.to_dict(), indent=2))
+    verdict.metadata.update({"promote": result.promote, "summary": result.summary})
+    say(f"evaluate: {result.summary}")
+    for reason in result.reasons:
+        say(f"  {reason}")
+    return result.promote

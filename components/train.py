@@ -1,0 +1,199 @@
+"""Training: a scikit-learn pipeline (preprocessing + estimator) built from the spec.
+
+`fit` is deterministic for a given training set and spec (fixed seed, stable holdout split), which
+is what lets `shepherd reproduce` retrain a version and get the recorded metrics back.
+"""
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+from kfp import dsl
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from components.adapter import step
+from components.data import holdout_mask, labels
+from components.errors import SpecError
+from components.metrics import classification_metrics
+from components.spec import ModelSpec
+
+ESTIMATORS = {
+    "logistic_regression": LogisticRegression,
+    "hist_gradient_boosting": HistGradientBoostingClassifier,
+    "random_forest": RandomForestClassifier,
+}
+
+
+def build_pipeline(spec: ModelSpec) -> Pipeline:
+    """Imputation, scaling and one-hot encoding per the spec's feature types, then the estimator."""
+    numeric = [f.name for f in spec.features if f.type != "category"]
+    categorical = [f for f in spec.features if f.type == "category"]
+    preprocess = ColumnTransformer(
+        [
+            (
+                "numeric",
+                Pipeline(
+                    [
+                        ("impute", SimpleImputer(strategy="median")),
+                        ("scale", StandardScaler()),
+                    ]
+                ),
+                numeric,
+            ),
+            (
+                "categorical",
+                Pipeline(
+                    [
+                        ("impute", SimpleImputer(strategy="most_frequent")),
+                        (
+                            "encode",
+                            OneHotEncoder(categories=[f.categories for f in categorical], handle_unknown="ignore"),
+                        ),
+                    ]
+                ),
+                [f.name for f in categorical],
+            ),
+        ]
+    )
+    estimator_cls = ESTIMATORS[spec.training.algorithm]
+    params = dict(spec.training.params)
+    if "random_state" in estimator_cls().get_params():
+        params.setdefault("random_state", spec.training.seed)
+    try:
+        estimator = estimator_cls(**params)
+    except TypeError as exc:
+        allowed = sorted(estimator_cls().get_params())
+        raise SpecError(
+            f"training.params {sorted(spec.training.params)} do not fit {spec.training.algorithm}: {exc}; "
+            f"allowed: {allowed}"
+        ) from exc
+    return Pipeline([("preprocess", preprocess), ("model", estimator)])
+
+
+def feature_frame(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
+    """The model's input columns, in spec order, with categories as strings (None for missing)."""
+    out = frame[spec.feature_names].copy()
+    for f in spec.features:
+        if f.type == "category":
+            out[f.name] = out[f.name].astype(object).where(out[f.name].notna(), None)
+        else:
+            out[f.name] = out[f.name].astype(float)
+    return out
+
+
+def split(frame: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, holdout) by the stable entity-key hash."""
+    mask = holdout_mask(frame[spec.entity.key], spec.training.holdout_fraction, spec.training.seed)
+    return frame[~mask].reset_index(drop=True), frame[mask].reset_index(drop=True)
+
+
+@dataclass
+class TrainedModel:
+    pipeline: Pipeline
+    metrics: dict[str, float]
+    train_rows: int
+    holdout_rows: int
+
+
+def fit(frame: pd.DataFrame, spec: ModelSpec) -> TrainedModel:
+    """Fit on the training side of the split and score the holdout."""
+    train, holdout = split(frame, spec)
+    pipeline = build_pipeline(spec)
+    pipeline.fit(feature_frame(train, spec), labels(train, spec))
+    proba = predict_positive(pipeline, holdout, spec)
+    metrics = classification_metrics(labels(holdout, spec), proba, spec.evaluation.decision_threshold)
+    return TrainedModel(pipeline, metrics, len(train), len(holdout))
+
+
+def predict_positive(model, frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
+    """Probability of the positive class for each row (works for sklearn and pyfunc-loaded models)."""
+    return np.asarray(model.predict_proba(feature_frame(frame, spec)))[:, 1]
+
+
+@dataclass
+class TrainingRun:
+    run_id: str
+    model_uri: str
+    metrics: dict[str, float]
+
+
+def train_and_log(spec: ModelSpec, training_set_path: Path, tracking_uri: str, lineage: dict[str, str]) -> TrainingRun:
+    """Fit, then log params, holdout metrics, the model, the spec and the content-addressed training
+    snapshot to one MLflow run."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from components import registry
+
+    frame = pd.read_parquet(training_set_path)
+    trained = fit(frame, spec)
+    client = registry.connect(tracking_uri)
+    experiment = registry.experiment_id(client, spec.name, tracking_uri)
+    snapshot_sha = registry.sha256_file(training_set_path)
+    inputs = feature_frame(frame.head(5), spec)
+    with mlflow.start_run(experiment_id=experiment, tags=lineage) as run:
+        mlflow.log_params(
+            {
+                "algorithm": spec.training.algorithm,
+                "seed": spec.training.seed,
+                "holdout_fraction": spec.training.holdout_fraction,
+                "train_rows": trained.train_rows,
+                "holdout_rows": trained.holdout_rows,
+                **{f"param.{k}": v for k, v in spec.training.params.items()},
+            }
+        )
+        mlflow.log_metrics(trained.metrics)
+        mlflow.set_tag(registry.TAG_SNAPSHOT_SHA256, snapshot_sha)
+        with tempfile.TemporaryDirectory() as tmp:
+            # Content-addressed: the file's name is its sha256, so a reproduction can verify it.
+            snapshot = Path(tmp) / f"{snapshot_sha}.parquet"
+            shutil.copyfile(training_set_path, snapshot)
+            mlflow.log_artifact(str(snapshot), registry.SNAPSHOT_DIR)
+        mlflow.log_text(spec.to_yaml(), registry.SPEC_ARTIFACT)
+        info = mlflow.sklearn.log_model(
+            trained.pipeline,
+            name=registry.MODEL_ARTIFACT,
+            signature=infer_signature(inputs, trained.pipeline.predict_proba(inputs)),
+            serialization_format="cloudpickle",
+        )
+        mlflow.set_tag(registry.TAG_MODEL_URI, info.model_uri)
+        return TrainingRun(run.info.run_id, info.model_uri, trained.metrics)
+
+
+@step
+def train_op(
+    spec_yaml: str,
+    tracking_uri: str,
+    training_set: dsl.Input[dsl.Dataset],
+    pipeline_run_id: str,
+) -> NamedTuple("Outputs", [("run_id", str), ("model_uri", str)]):
+    """Train the spec's model on the validated training set and log it all to MLflow."""
+    from collections import namedtuple
+    from pathlib import Path
+
+    from components import registry
+    from components.progress import say
+    from components.spec import parse_spec
+    from components.train import train_and_log
+
+    spec = parse_spec(spec_yaml)
+    lineage = {
+        registry.TAG_FINGERPRINT: training_set.metadata["fingerprint"],
+        registry.TAG_DATA_FINGERPRINT: training_set.metadata["data_fingerprint"],
+        registry.TAG_SPEC_FINGERPRINT: spec.fingerprint(),
+        registry.TAG_CODE_VERSION: training_set.metadata["code_version"],
+        registry.TAG_PIPELINE_RUN: pipeline_run_id,
+    }
+    say(f"train: fitting {spec.training.algorithm} on {training_set.metadata.get('rows', '?')} rows")
+    run = train_and_log(spec, Path(training_set.path), tracking_uri, lineage)
+    say(f"train: run {run.run_id}, holdout roc_auc {run.metrics['roc_auc']:.4f}, f1 {run.metrics['f1']:.4f}")
+    return namedtuple("Outputs", ["run_id", "model_uri"])(run.run_id, run.model_uri)

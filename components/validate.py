@@ -1,0 +1,379 @@
+"""Data validation: the spec's rules become a Great Expectations suite, run on a pandas frame.
+
+The outcome is a `ValidationReport` with one plain sentence per broken rule, written next to the run
+as `validation.md` (for people) and `validation.json` (for tools). A column that is missing or has the
+wrong type is reported once: its other rules would only fail again, or raise, for the same reason.
+"""
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+# Opt out of GE usage analytics wherever this runs (pipeline containers too), before GE is imported.
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+import great_expectations as gx
+import great_expectations.expectations as gxe
+import numpy as np
+import pandas as pd
+from great_expectations.data_context.types.base import ProgressBarsConfig
+from great_expectations.execution_engine import PandasExecutionEngine
+from great_expectations.expectations.expectation import ColumnMapExpectation
+from great_expectations.expectations.metrics.map_metric_provider import (
+    ColumnMapMetricProvider,
+    column_condition_partial,
+)
+from kfp import dsl
+
+from components.adapter import step
+from components.errors import DataValidationError
+from components.spec import ModelSpec
+
+# Rules whose failure explains every other failure on the same column.
+ROOT_RULES = ("exists", "type")
+SKIP_REASONS = {"exists": "the column is missing", "type": "the column has the wrong type"}
+FAILURES_IN_MESSAGE = 3
+PARTIAL_LIST_SIZE = 20  # how many offending values GE's SUMMARY result format lists
+
+
+class ColumnValuesNumeric(ColumnMapMetricProvider):
+    """Per row: the value is a real number (not a bool, not a string) and, if asked, a whole one."""
+
+    condition_metric_name = "column_values.shepherd_numeric"
+    condition_value_keys = ("integral",)
+
+    @column_condition_partial(engine=PandasExecutionEngine)
+    def _pandas(cls, column: pd.Series, integral: bool, **kwargs: Any) -> pd.Series:
+        # GE drops the nulls before calling this, so only present values are judged.
+        if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+            ok = pd.Series(True, index=column.index)
+        else:  # an object column: judge each value, a "34" string is not a number
+            ok = column.map(lambda v: isinstance(v, int | float | np.number) and not isinstance(v, bool))
+        if integral:
+            # A pandas int column with nulls arrives as float64: accept it when every value is whole.
+            ok &= pd.to_numeric(column.where(ok), errors="coerce").mod(1).eq(0)
+        return ok
+
+
+class ExpectColumnValuesToBeNumeric(ColumnMapExpectation):
+    """Expect numeric values (whole numbers when `integral`), one rule for the spec's int/float type.
+
+    GE has no such rule: ExpectColumnValuesToBeInTypeList rejects float64 for an int column that has
+    nulls, and would need a second, separate integral check that fails again for a string column.
+    """
+
+    integral: bool = False
+
+    map_metric: ClassVar[str] = "column_values.shepherd_numeric"
+    success_keys: ClassVar[tuple[str, ...]] = ("integral", "mostly")
+
+
+@dataclass
+class ValidationReport:
+    """Outcome of validating one frame against one spec."""
+
+    passed: bool
+    failures: list[str]
+    rows: int
+    results: list[dict] = field(default_factory=list)
+
+
+def build_suite(spec: ModelSpec) -> gx.ExpectationSuite:
+    """Translate the spec's feature, target, entity and table rules into a GE expectation suite.
+
+    Each expectation carries `meta.rule` (exists/type/range/nulls/categories/labels/unique/row_count)
+    and `meta.text` (the rule in words), which the report uses to explain its result.
+    """
+    expectations: list[gxe.Expectation] = []
+
+    def add(rule: str, text: str, expectation: gxe.Expectation) -> None:
+        expectation.meta = {"rule": rule, "text": text, "order": len(expectations)}
+        expectations.append(expectation)
+
+    for feature in spec.features:
+        col = feature.name
+        add("exists", "column exists", gxe.ExpectColumnToExist(column=col))
+        if feature.type == "category":
+            add(
+                "categories",
+                f"values in {feature.categories}",
+                gxe.ExpectColumnValuesToBeInSet(column=col, value_set=list(feature.categories or [])),
+            )
+        else:
+            add(
+                "type",
+                f"{feature.type} values",
+                ExpectColumnValuesToBeNumeric(column=col, integral=feature.type == "int"),
+            )
+            if feature.min is not None or feature.max is not None:
+                add(
+                    "range",
+                    _range_text(feature.min, feature.max),
+                    gxe.ExpectColumnValuesToBeBetween(column=col, min_value=feature.min, max_value=feature.max),
+                )
+        allowed = feature.max_null_fraction
+        add(
+            "nulls",
+            f"at most {allowed:.1%} nulls" if allowed else "no nulls",
+            # `mostly` is the fraction that must be non-null; 1.0 means not a single null.
+            gxe.ExpectColumnValuesToNotBeNull(column=col, mostly=1.0 - allowed),
+        )
+
+    target = spec.target
+    add("exists", "column exists", gxe.ExpectColumnToExist(column=target.column))
+    add("nulls", "no nulls", gxe.ExpectColumnValuesToNotBeNull(column=target.column))
+    add(
+        "labels",
+        f"values in {[target.positive, target.negative]}",
+        gxe.ExpectColumnValuesToBeInSet(column=target.column, value_set=[target.positive, target.negative]),
+    )
+
+    key = spec.entity.key
+    add("exists", "column exists", gxe.ExpectColumnToExist(column=key))
+    add("nulls", "no nulls", gxe.ExpectColumnValuesToNotBeNull(column=key))
+    add("unique", "values unique", gxe.ExpectColumnValuesToBeUnique(column=key))
+
+    rows = spec.validation
+    add(
+        "row_count",
+        "rows " + _range_text(rows.min_rows, rows.max_rows).removeprefix("values "),
+        gxe.ExpectTableRowCountToBeBetween(min_value=rows.min_rows, max_value=rows.max_rows),
+    )
+    return gx.ExpectationSuite(name=f"shepherd-{spec.name}", expectations=expectations)
+
+
+def validate_frame(df: pd.DataFrame, spec: ModelSpec) -> ValidationReport:
+    """Run the spec's suite on `df`; never raises for bad data, the report says what is wrong."""
+    suite = build_suite(spec)
+    try:
+        raw = _run_suite(df, suite)
+    except Exception as exc:
+        # GE itself failed (not one expectation): still give the caller a report, not a traceback.
+        message = f"great expectations could not run the suite: {type(exc).__name__}: {exc}"
+        return ValidationReport(passed=False, failures=[message], rows=len(df))
+
+    # GE returns results in its own order; put them back in the suite's (spec) order.
+    results = sorted((_summarize(r) for r in raw), key=lambda r: r["order"])
+    # Columns whose root rule failed: report only that rule, mark the rest as not judged.
+    broken: dict[str, str] = {}
+    for rule in ROOT_RULES:
+        for r in results:
+            if r["rule"] == rule and not r["success"] and r["column"] not in broken:
+                broken[r["column"]] = rule
+    failures = []
+    for r in results:
+        if r["success"]:
+            continue
+        if r["column"] in broken and broken[r["column"]] != r["rule"]:
+            r["skipped"] = SKIP_REASONS[broken[r["column"]]]
+            continue
+        failures.append(_explain(r))
+    return ValidationReport(passed=not failures, failures=failures, rows=len(df), results=results)
+
+
+def write_report(report: ValidationReport, directory: Path) -> Path:
+    """Write `validation.md` and `validation.json` into `directory`; return the markdown path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "validation.json").write_text(json.dumps(asdict(report), indent=2, default=str))
+
+    verdict = "PASSED" if report.passed else f"FAILED ({len(report.failures)} rule(s) broken)"
+    lines = [
+        "# Data validation",
+        "",
+        f"**Verdict: {verdict}**",
+        "",
+        f"Rows: {report.rows}",
+        "",
+    ]
+    if report.failures:
+        lines += ["## Failures", "", *(f"- {_md(f)}" for f in report.failures), ""]
+    lines += ["## Rules", "", "| Column | Rule | Result | Observed |", "|---|---|---|---|"]
+    for r in report.results:
+        outcome = "pass" if r["success"] else ("not checked" if r.get("skipped") else "**FAIL**")
+        lines.append(f"| {_md(r['column'] or '(table)')} | {_md(r['text'])} | {outcome} | {_md(_observed_text(r))} |")
+    path = directory / "validation.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def raise_if_failed(report: ValidationReport, report_path: Path | str | None = None) -> None:
+    """Raise DataValidationError naming the first broken rules when the report did not pass."""
+    if report.passed:
+        return
+    shown = "; ".join(report.failures[:FAILURES_IN_MESSAGE])
+    more = len(report.failures) - FAILURES_IN_MESSAGE
+    if more > 0:
+        shown += f"; and {more} more"
+    raise DataValidationError(
+        f"data validation failed: {len(report.failures)} rule(s) broken: {shown}",
+        failures=list(report.failures),
+        report_path=None if report_path is None else str(report_path),
+    )
+
+
+# --- internals ---------------------------------------------------------------------------------------
+
+
+def _run_suite(df: pd.DataFrame, suite: gx.ExpectationSuite) -> list[Any]:
+    # A fresh in-memory context per call: nothing on disk, no state shared between runs (~20 ms).
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    batch = (
+        context.data_sources.add_pandas("frame")
+        .add_dataframe_asset("frame")
+        .add_batch_definition_whole_dataframe("all rows")
+    )
+    # GE 1.x refuses to run a suite or definition that is not registered with the context.
+    suite = context.suites.add(suite)
+    definition = context.validation_definitions.add(gx.ValidationDefinition(name="shepherd", data=batch, suite=suite))
+    # SUMMARY: counts plus the first 20 offending values; COMPLETE would list every offending row.
+    return definition.run(batch_parameters={"dataframe": df}, result_format="SUMMARY").results
+
+
+def _summarize(result: Any) -> dict:
+    """One GE result as a small JSON-able dict (GE's own dicts carry numpy values and tracebacks)."""
+    config = result.expectation_config
+    observed = {
+        k: _plain(v)
+        for k, v in (result.result or {}).items()
+        if k in ("observed_value", "element_count", "unexpected_count", "unexpected_percent", "missing_count")
+    }
+    if "partial_unexpected_list" in (result.result or {}):
+        observed["examples"] = _examples(result.result["partial_unexpected_list"])
+    return {
+        "expectation": config.type,
+        "column": config.kwargs.get("column"),
+        "rule": config.meta["rule"],
+        "text": config.meta["text"],
+        "order": config.meta["order"],
+        "kwargs": {k: _plain(v) for k, v in config.kwargs.items() if k not in ("column", "batch_id")},
+        "success": bool(result.success),
+        "observed": observed,
+        "exception": _exception_message(result.exception_info),
+    }
+
+
+def _exception_message(info: Any) -> str | None:
+    # GE records either one {raised_exception, exception_message, ...} or one such dict per metric.
+    if not isinstance(info, dict):
+        return None
+    entries = [info] if "raised_exception" in info else [v for v in info.values() if isinstance(v, dict)]
+    messages = [e.get("exception_message") for e in entries if e.get("raised_exception")]
+    return "; ".join(dict.fromkeys(str(m) for m in messages)) or None
+
+
+def _explain(r: dict) -> str:
+    """The failed rule as one sentence naming the column, the rule and what was seen."""
+    col, rule, seen, kw = r["column"], r["rule"], r["observed"], r["kwargs"]
+    if rule == "exists":
+        return f"column {col!r} is missing"
+    if r["exception"]:
+        return f"{col or 'table'}: rule '{r['text']}' could not be checked: {r['exception']}"
+    bad, total = seen.get("unexpected_count"), seen.get("element_count")
+    shown = seen.get("examples", [])
+    examples = ", ".join(repr(v) for v in shown)
+    if rule == "type":
+        kinds = " and ".join(sorted({_kind(v) for v in shown}))
+        return f"{col}: expected {r['text']}, found {kinds} in {bad} of {total} rows (e.g. {examples})"
+    if rule == "range":
+        return f"{col}: expected {r['text']}; {bad} of {total} rows outside (e.g. {examples})"
+    if rule in ("categories", "labels"):
+        what = "categories" if rule == "categories" else "labels"
+        expected = kw.get("value_set")
+        # The examples come from the first 20 offending rows: the list is complete only up to 20.
+        if bad is not None and bad > PARTIAL_LIST_SIZE:
+            return f"{col}: unknown {what} in {bad} rows (e.g. {shown}); expected one of {expected}"
+        rows = "1 row" if bad == 1 else f"{bad} rows"
+        return f"{col}: unknown {what} {shown} in {rows}; expected one of {expected}"
+    if rule == "nulls":
+        share = (seen.get("unexpected_percent") or 0.0) / 100
+        allowed = 1.0 - kw.get("mostly", 1.0)
+        if allowed <= 0:
+            return f"{col}: {bad} null(s) ({share:.2%}), none allowed"
+        return f"{col}: {share:.1%} nulls, at most {allowed:.1%} allowed"
+    if rule == "unique":
+        return f"{col}: {bad} rows share their value with another row (e.g. {examples})"
+    if rule == "row_count":
+        return f"table: {seen.get('observed_value')} rows, expected {r['text'].removeprefix('rows ')}"
+    return f"{col or 'table'}: rule '{r['text']}' failed ({seen})"
+
+
+def _observed_text(r: dict) -> str:
+    seen = r["observed"]
+    if r.get("skipped"):
+        return r["skipped"]
+    if r["exception"]:
+        return f"error: {r['exception']}"
+    if "observed_value" in seen:
+        return str(seen["observed_value"])
+    if "unexpected_count" in seen:
+        pct = seen.get("unexpected_percent") or 0.0
+        return f"{seen['unexpected_count']} of {seen.get('element_count')} rows ({pct:.2f}%)"
+    return ""
+
+
+def _range_text(low: float | None, high: float | None) -> str:
+    if low is not None and high is not None:
+        return f"values between {low:g} and {high:g}"
+    return f"values at least {low:g}" if low is not None else f"values at most {high:g}"
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, str):
+        return "strings"
+    if isinstance(value, bool):
+        return "booleans"
+    if isinstance(value, int | float):
+        return "non-integral numbers"
+    return f"{type(value).__name__} values"
+
+
+def _examples(values: list, limit: int = 5) -> list:
+    distinct = dict.fromkeys(
+        v if v is None or isinstance(v, str | int | float) else str(v) for v in map(_plain, values)
+    )
+    return list(distinct)[:limit]
+
+
+def _plain(value: Any) -> Any:
+    # numpy scalars are not JSON-able; lists (value sets) stay lists, anything odd becomes its str.
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+def _md(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+@step
+def validate_op(spec_yaml: str, training_set: dsl.Input[dsl.Dataset], report: dsl.Output[dsl.Markdown]):
+    """Check the training set against the spec's rules; on any broken rule write the report and stop."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from components.progress import say
+    from components.spec import parse_spec
+    from components.validate import raise_if_failed, validate_frame, write_report
+
+    spec = parse_spec(spec_yaml)
+    result = validate_frame(pd.read_parquet(training_set.path), spec)
+    directory = Path(report.path).parent
+    markdown = write_report(result, directory)
+    Path(report.path).write_text(markdown.read_text())
+    report.metadata.update({"passed": result.passed, "failures": len(result.failures)})
+    if result.passed:
+        say(f"validate: {result.rows} rows pass all {len(result.results)} rules")
+        return
+    say(f"validate: {len(result.failures)} rule(s) broken; report: {markdown}")
+    for line in result.failures:
+        say(f"  - {line}")
+    raise_if_failed(result, markdown)

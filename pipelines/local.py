@@ -1,0 +1,83 @@
+"""Running the training DAG on one machine with `kfp.local.SubprocessRunner` (the embedded default).
+
+The compiled DAG is the same one a KFP server runs; each step runs as a subprocess of this
+interpreter, so the project's own venv provides every import and nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from components import features
+from components.errors import PipelineRunError
+from components.spec import ModelSpec
+from pipelines.settings import Settings
+
+STEP_OF_TASK = {
+    "extract-op": "extract",
+    "validate-op": "validate",
+    "materialize-op": "materialize",
+    "train-op": "train",
+    "evaluate-op": "evaluate",
+    "register-op": "register",
+    "deploy-op": "deploy",
+}
+
+
+@dataclass
+class LocalRun:
+    seconds: float
+    run_dir: Path | None
+
+
+def _newest_run_dir(root: Path, started: float) -> Path | None:
+    runs = [p for p in root.glob("shepherd-training-*") if p.is_dir() and p.stat().st_mtime >= started - 1]
+    return max(runs, key=lambda p: p.stat().st_mtime, default=None)
+
+
+def _failure(exc: Exception, run_dir: Path | None) -> PipelineRunError:
+    """Name the failed step and point at its report, instead of KFP's generic error."""
+    text = str(exc)
+    match = re.search(r"'([a-z-]+-op)'", text)
+    step = STEP_OF_TASK.get(match.group(1), match.group(1)) if match else "a step"
+    message = (
+        f"the pipeline stopped at {step}; nothing was registered"
+        if step in ("extract", "validate", "train")
+        else f"the pipeline stopped at {step}"
+    )
+    report = None
+    if run_dir is not None and step == "validate":
+        report = next(iter(sorted(run_dir.glob("validate-op/**/validation.md"))), None)
+    return PipelineRunError(
+        message + (f"\nvalidation report: {report}" if report else ""),
+        hint="the step's own output above says what went wrong",
+    )
+
+
+def run_local(spec: ModelSpec, settings: Settings) -> LocalRun:
+    """Run the whole DAG locally for `spec`; raises PipelineRunError naming the failed step."""
+    from kfp import local
+
+    from pipelines.pipeline import training_pipeline
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    settings.pipeline_root.mkdir(parents=True, exist_ok=True)
+    features.ensure_repo(settings.feature_repo)
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(settings.pipeline_root),
+        raise_on_error=True,
+    )
+    started = time.time()
+    try:
+        training_pipeline(
+            spec_yaml=spec.to_yaml(),
+            tracking_uri=settings.tracking_uri,
+            feature_repo=str(settings.feature_repo),
+        )
+    except RuntimeError as exc:
+        raise _failure(exc, _newest_run_dir(settings.pipeline_root, started)) from exc
+    return LocalRun(time.time() - started, _newest_run_dir(settings.pipeline_root, started))

@@ -1,0 +1,70 @@
+"""The training DAG: extract (Feast) -> validate (GE) -> train -> evaluate (vs @champion) -> register
+(MLflow), with the deploy step under `dsl.If(promote)`.
+
+Everything the run needs travels as parameters (the spec's YAML text, the tracking URI, the feature
+repo), so the same compiled YAML runs locally under `kfp.local` and on a KFP server.
+"""
+
+from kfp import dsl
+
+from components.deploy import deploy_op
+from components.evaluate import evaluate_op
+from components.extract import extract_op
+from components.materialize import materialize_op
+from components.register import register_op
+from components.train import train_op
+from components.validate import validate_op
+
+PIPELINE_NAME = "shepherd-training"
+
+
+@dsl.pipeline(
+    name=PIPELINE_NAME,
+    description="Validate, train, evaluate against @champion, register, and deploy a canary if promoted.",
+)
+def training_pipeline(spec_yaml: str, tracking_uri: str, feature_repo: str):
+    extract = extract_op(spec_yaml=spec_yaml, feature_repo=feature_repo, tracking_uri=tracking_uri)
+    extract.set_display_name("extract features (Feast)")
+    training_set = extract.outputs["training_set"]
+
+    # Unchanged data, spec and code: the fingerprint names a version that exists; train nothing.
+    with dsl.If(extract.outputs["Output"] == "", name="new-fingerprint"):
+        validate = validate_op(spec_yaml=spec_yaml, training_set=training_set)
+        validate.set_display_name("validate (Great Expectations)")
+
+        materialize = materialize_op(spec_yaml=spec_yaml, feature_repo=feature_repo).after(validate)
+        materialize.set_display_name("materialize online store")
+
+        train = train_op(
+            spec_yaml=spec_yaml,
+            tracking_uri=tracking_uri,
+            training_set=training_set,
+            pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        ).after(validate)
+        train.set_display_name("train")
+
+        evaluate = evaluate_op(
+            spec_yaml=spec_yaml,
+            tracking_uri=tracking_uri,
+            training_set=training_set,
+            model_uri=train.outputs["model_uri"],
+        )
+        evaluate.set_display_name("evaluate vs @champion")
+
+        register = register_op(
+            spec_yaml=spec_yaml,
+            tracking_uri=tracking_uri,
+            run_id=train.outputs["run_id"],
+            model_uri=train.outputs["model_uri"],
+            verdict=evaluate.outputs["verdict"],
+        )
+        register.set_display_name("register (MLflow)")
+
+        with dsl.If(evaluate.outputs["Output"] == True, name="promote"):  # noqa: E712 (a KFP condition)
+            deploy = deploy_op(
+                spec_yaml=spec_yaml,
+                tracking_uri=tracking_uri,
+                version=register.outputs["version"],
+                alias=register.outputs["alias"],
+            )
+            deploy.set_display_name("deploy (KServe InferenceService)")

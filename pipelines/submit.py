@@ -1,0 +1,37 @@
+"""Submitting the compiled pipeline to a Kubeflow Pipelines server."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from components.errors import PipelineRunError
+from components.spec import ModelSpec
+from pipelines.compile import compile_pipeline
+
+
+def submit_run(
+    host: str, spec: ModelSpec, tracking_uri: str, feature_repo: str, experiment: str, wait: bool
+) -> tuple[str, str | None]:
+    """Compile, upload and start a run; returns (run id, final state if waited for)."""
+    import kfp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        package = compile_pipeline(Path(tmp) / "pipeline.yaml")
+        try:
+            client = kfp.Client(host=host)
+            run = client.create_run_from_pipeline_package(
+                str(package),
+                arguments={"spec_yaml": spec.to_yaml(), "tracking_uri": tracking_uri, "feature_repo": feature_repo},
+                run_name=f"{spec.name}-training",
+                experiment_name=experiment,
+            )
+        except Exception as exc:  # kfp raises urllib3/ApiException/ValueError for an unusable host
+            raise PipelineRunError(
+                f"could not submit to the KFP server at {host}: {type(exc).__name__}: {exc}".splitlines()[0],
+                hint="check --host (the KFP API, e.g. `kubectl port-forward svc/ml-pipeline-ui 8080:80 -n kubeflow`)",
+            ) from exc
+    state = None
+    if wait:
+        state = client.wait_for_run_completion(run.run_id, timeout=3600).state
+    return run.run_id, state

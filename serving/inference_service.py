@@ -1,0 +1,108 @@
+"""Builds the KServe InferenceService a registered model version is served by.
+
+Both KServe deployment modes are supported: Knative (`spec.predictor.canaryTrafficPercent`, KServe
+keeps the previous revision for the rest of the traffic) and Standard (`spec.canary[]`, KServe >= 0.20,
+the champion stays in `spec.predictor`). The rollout policy is written onto the object as an
+annotation so the rollout loop reads it from the cluster and stays stateless.
+"""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from components.platform import PLATFORM_IMAGE
+from components.spec import ModelSpec
+
+ANNOTATION_POLICY = "shepherd.io/rollout-policy"
+ANNOTATION_VERSION = "shepherd.io/model-version"
+ANNOTATION_CHAMPION = "shepherd.io/champion-version"
+DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
+
+# Hardened by default: nothing a model server needs requires more.
+SECURITY_CONTEXT = {
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def rollout_policy(spec: ModelSpec) -> dict:
+    """The declarative rollout policy, as stored on the object."""
+    return {"steps": spec.deployment.canary_steps, "intervalSeconds": spec.deployment.interval_seconds}
+
+
+def _predictor(spec: ModelSpec, version: str, image: str):
+    from kserve import V1beta1PredictorSpec
+    from kubernetes.client import V1Container, V1ResourceRequirements
+
+    resources = {"cpu": spec.deployment.cpu, "memory": spec.deployment.memory}
+    container = V1Container(
+        name="kserve-container",
+        image=image,
+        command=["python", "-m", "serving.predictor"],
+        args=[f"--model_name={spec.name}", f"--model_uri=models:/{spec.name}/{version}"],
+        resources=V1ResourceRequirements(requests=resources, limits=resources),
+        security_context=SECURITY_CONTEXT,
+    )
+    return V1beta1PredictorSpec(containers=[container], min_replicas=1)
+
+
+def build_inference_service(
+    spec: ModelSpec,
+    version: str,
+    champion_version: str | None = None,
+    canary_percent: int | None = None,
+    image: str = PLATFORM_IMAGE,
+) -> dict:
+    """The InferenceService for `version`: at 100 % when `canary_percent` is None, else as a canary
+    taking `canary_percent` of traffic next to `champion_version`. Returns the serialised object."""
+    from kserve import (
+        V1beta1CanarySpec,
+        V1beta1InferenceService,
+        V1beta1InferenceServiceSpec,
+        constants,
+    )
+    from kubernetes.client import ApiClient, V1ObjectMeta
+
+    if canary_percent is not None and champion_version is None:
+        raise ValueError("a canary needs the champion version it splits traffic with")
+    mode = spec.deployment.mode
+    annotations = {
+        DEPLOYMENT_MODE: mode,
+        ANNOTATION_VERSION: str(version),
+        ANNOTATION_POLICY: json.dumps(rollout_policy(spec)),
+    }
+    if canary_percent is None:
+        isvc_spec = V1beta1InferenceServiceSpec(predictor=_predictor(spec, version, image))
+    elif mode == "Knative":
+        predictor = _predictor(spec, version, image)
+        predictor.canary_traffic_percent = canary_percent
+        isvc_spec = V1beta1InferenceServiceSpec(predictor=predictor)
+        annotations[ANNOTATION_CHAMPION] = str(champion_version)
+    else:
+        isvc_spec = V1beta1InferenceServiceSpec(
+            predictor=_predictor(spec, champion_version, image),
+            canary=[V1beta1CanarySpec(traffic_percent=canary_percent, predictor=_predictor(spec, version, image))],
+        )
+        annotations[ANNOTATION_CHAMPION] = str(champion_version)
+    isvc = V1beta1InferenceService(
+        api_version=f"{constants.KSERVE_GROUP}/v1beta1",
+        kind=constants.KSERVE_KIND_INFERENCESERVICE,
+        metadata=V1ObjectMeta(
+            name=spec.name,
+            namespace=spec.deployment.namespace,
+            annotations=annotations,
+            labels={"app.kubernetes.io/managed-by": "shepherd", "shepherd.io/model": spec.name},
+        ),
+        spec=isvc_spec,
+    )
+    return ApiClient().sanitize_for_serialization(isvc)
+
+
+def to_yaml(obj: dict) -> str:
+    return yaml.safe_dump(obj, sort_keys=False)

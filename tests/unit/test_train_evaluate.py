@@ -1,0 +1,92 @@
+"""Training and the evaluation gates on the real Telco table (no mocks of sklearn or fairlearn)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+
+from components import evaluate, train
+from components.errors import SpecError
+from components.metrics import classification_metrics, expected_calibration_error
+from components.spec import parse_spec
+
+
+@pytest.fixture(scope="module")
+def trained(churn_spec, churn_frame):
+    return train.fit(churn_frame, churn_spec)
+
+
+def _spec_with(spec, **training_or_eval):
+    data = yaml.safe_load(spec.to_yaml())
+    for section, values in training_or_eval.items():
+        data[section].update(values)
+    return parse_spec(yaml.safe_dump(data))
+
+
+def test_fit_is_deterministic_and_meets_the_bundled_gates(churn_spec, churn_frame, trained):
+    again = train.fit(churn_frame, churn_spec)
+    assert again.metrics == trained.metrics
+    assert trained.train_rows + trained.holdout_rows == 7043
+    assert trained.metrics["roc_auc"] > 0.80 and trained.metrics["f1"] > 0.5
+
+
+def test_unknown_category_at_predict_time_does_not_crash(churn_spec, churn_frame, trained):
+    rows = churn_frame.head(3).copy()
+    rows["contract"] = "Weekly"
+    proba = train.predict_positive(trained.pipeline, rows, churn_spec)
+    assert proba.shape == (3,) and np.all((proba >= 0) & (proba <= 1))
+
+
+def test_bad_training_params_name_the_allowed_ones(churn_spec, churn_frame):
+    spec = _spec_with(churn_spec, training={"params": {"depth": 3}})
+    with pytest.raises(SpecError, match=r"training.params \['depth'\] do not fit logistic_regression"):
+        train.build_pipeline(spec)
+
+
+def test_metrics_on_known_values():
+    y = np.array([0, 0, 1, 1])
+    proba = np.array([0.1, 0.4, 0.35, 0.8])
+    m = classification_metrics(y, proba, threshold=0.5)
+    assert m["roc_auc"] == pytest.approx(0.75)
+    assert m["precision"] == 1.0 and m["recall"] == 0.5 and m["accuracy"] == 0.75
+    assert expected_calibration_error(np.array([1, 0]), np.array([0.9, 0.1])) == pytest.approx(0.1)
+
+
+def test_first_model_is_judged_on_absolute_gates_only(churn_spec, churn_frame, trained):
+    _, holdout = train.split(churn_frame, churn_spec)
+    verdict = evaluate.evaluate(churn_spec, holdout, trained.pipeline)
+    assert verdict.promote, verdict.reasons
+    assert verdict.champion is None
+    assert any("no @champion yet" in r for r in verdict.reasons)
+    assert verdict.fairness_gap is not None and 0 <= verdict.fairness_gap <= 0.30
+
+
+def test_a_worse_challenger_is_rejected_against_the_champion(churn_spec, churn_frame, trained):
+    _, holdout = train.split(churn_frame, churn_spec)
+    weak_spec = _spec_with(churn_spec, training={"params": {"C": 0.0005, "max_iter": 2000}})
+    weak = train.fit(churn_frame, weak_spec)
+    verdict = evaluate.evaluate(churn_spec, holdout, weak.pipeline, trained.pipeline, champion_version="1")
+    assert not verdict.promote
+    assert verdict.reasons[0].startswith("FAIL")
+    assert any("vs champion v1" in r and "over the allowed" in r for r in verdict.failed)
+
+
+def test_gate_on_its_boundary_passes(churn_spec):
+    metrics = {"roc_auc": 0.80, "f1": 0.50, "log_loss": 0.50, "ece": 0.08}
+    verdict = evaluate.judge(churn_spec, metrics, champion=None, gap=0.30)
+    assert verdict.promote, verdict.failed
+    worse = evaluate.judge(churn_spec, {**metrics, "log_loss": 0.5001}, champion=None, gap=0.3001)
+    assert not worse.promote
+    assert len(worse.failed) == 2
+    assert any("log_loss 0.5001 > maximum" in r for r in worse.failed)
+    assert any("equalized_odds_difference across senior_citizen 0.3001 > max gap" in r for r in worse.failed)
+
+
+def test_regression_direction_respects_lower_is_better(churn_spec):
+    champion = {"roc_auc": 0.85, "f1": 0.60, "log_loss": 0.40, "ece": 0.02}
+    better = {"roc_auc": 0.86, "f1": 0.58, "log_loss": 0.39, "ece": 0.02}  # f1 down 0.02 <= 0.03
+    assert evaluate.judge(churn_spec, better, champion, gap=0.1, champion_version="4").promote
+    worse = {**better, "roc_auc": 0.835}
+    verdict = evaluate.judge(churn_spec, worse, champion, gap=0.1, champion_version="4")
+    assert verdict.failed == ["roc_auc 0.8350 vs champion v4 0.8500: worse by 0.0150 (over the allowed 0.0100)"]

@@ -62,12 +62,14 @@ def extract_op(
     code = code_version()
     result = extract(spec, Path(feature_repo), code)
     result.training_set.to_parquet(training_set.path, index=False)
-    training_set.metadata.update({
-        "rows": len(result.training_set),
-        "fingerprint": result.fingerprint,
-        "data_fingerprint": result.data_fingerprint,
-        "code_version": code,
-    })
+    training_set.metadata.update(
+        {
+            "rows": len(result.training_set),
+            "fingerprint": result.fingerprint,
+            "data_fingerprint": result.data_fingerprint,
+            "code_version": code,
+        }
+    )
     client = registry.connect(tracking_uri)
     existing = registry.version_with_fingerprint(client, spec.name, result.fingerprint)
     trained = str(existing.version) if existing is not None else ""

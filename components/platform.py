@@ -10,11 +10,12 @@ from pathlib import Path
 # Overridable for a private registry; the default tag follows the package version.
 PLATFORM_IMAGE = os.environ.get("SHEPHERD_IMAGE", "ghcr.io/shepherd-mlops/shepherd:0.1.0")
 
-_PACKAGE_DIRS = ("components", "pipelines", "serving")
+# Only the training code: editing the CLI or the serving plane must not retrain a model.
+_PACKAGE_DIRS = ("components",)
 
 
 def code_version() -> str:
-    """sha256 (first 16 hex) of the Python sources that train and serve a model.
+    """sha256 (first 16 hex) of the Python sources that build and judge a model.
 
     Computed from the files actually running (a checkout or an image), so an edited step changes
     the fingerprint and retrains, while an unrelated edit elsewhere (tests, docs) does not.

@@ -38,7 +38,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
-out = Console()
+out = Console(width=max(Console().width, 120))
 
 SpecOption = Annotated[
     Path, typer.Option("--spec", "-s", help="Model spec YAML (see specs/churn.yaml).", show_default=True)
@@ -96,7 +96,18 @@ def run(
     settings = Settings.from_env(home=home, tracking_uri=tracking_uri)
     console.print(f"[bold]shepherd run[/] {model_spec.name} from {spec} (state in {settings.home})")
     result = run_local(model_spec, settings)
-    console.print(f"[green]done[/] in {result.seconds:.1f} s; outputs in {result.run_dir}")
+    console.print(f"[green]done[/] in {result.seconds:.1f} s; step outputs in {result.run_dir}", soft_wrap=True)
+    if result.unchanged_since:
+        console.print(
+            f"unchanged data, spec and code: version {result.unchanged_since} was trained from exactly this; "
+            "nothing trained"
+        )
+    elif result.registered:
+        version, alias = result.registered
+        console.print(
+            f"registered {model_spec.name} version {version}: "
+            + (f"@{alias}" if alias else "rejected by the evaluation gates (no alias, not deployed)")
+        )
     _print_versions(model_spec.name, settings, limit=3)
 
 

@@ -6,6 +6,7 @@ interpreter, so the project's own venv provides every import and nothing is down
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import dataclass
@@ -31,6 +32,27 @@ STEP_OF_TASK = {
 class LocalRun:
     seconds: float
     run_dir: Path | None
+
+    def step_outputs(self, task: str) -> dict | None:
+        """A finished step's parameter outputs (None if the step did not run)."""
+        if self.run_dir is None:
+            return None
+        path = self.run_dir / task / "executor_output.json"
+        if not path.exists():
+            return None
+        return json.loads(path.read_text()).get("parameterValues", {})
+
+    @property
+    def unchanged_since(self) -> str | None:
+        """The version the same data, spec and code already produced, if any."""
+        outputs = self.step_outputs("extract-op") or {}
+        return outputs.get("Output") or None
+
+    @property
+    def registered(self) -> tuple[str, str] | None:
+        """(version, alias) registered by this run, if it registered one."""
+        outputs = self.step_outputs("register-op")
+        return (outputs["version"], outputs["alias"]) if outputs else None
 
 
 def _newest_run_dir(root: Path, started: float) -> Path | None:

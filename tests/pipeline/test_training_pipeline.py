@@ -3,6 +3,8 @@ runs, an unchanged rerun that trains nothing, reproduction, and bad data stopped
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import yaml
@@ -150,5 +152,5 @@ def test_bad_data_stops_at_validate_with_a_report_and_registers_nothing(
     message = str(info.value)
     assert "stopped at validate" in message and "nothing was registered" in message
     report_path = message.split("validation report: ")[1].strip()
-    assert expected in open(report_path).read()
+    assert expected in Path(report_path).read_text()
     assert len(client.search_model_versions("name = 'churn'")) == before

@@ -1,0 +1,65 @@
+"""The `shepherd` CLI: help that teaches, and every user error a message with a non-zero exit."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from pipelines.cli import app
+from tests.conftest import CHURN_SPEC
+
+runner = CliRunner()
+
+
+def _invoke(*args: str):
+    result = runner.invoke(app, list(args), env={"COLUMNS": "200"})
+    assert "Traceback" not in result.output
+    return result
+
+
+def test_help_lists_the_commands_and_an_example():
+    result = _invoke("--help")
+    assert result.exit_code == 0
+    for command in ("run", "compile", "submit", "models", "reproduce"):
+        assert command in result.output
+    assert "shepherd run" in result.output
+    run_help = _invoke("run", "--help").output
+    assert "Unchanged data, spec and code train" in run_help and "--spec" in run_help
+
+
+def test_missing_spec_file(tmp_path):
+    result = _invoke("run", "--spec", str(tmp_path / "nope.yaml"), "--home", str(tmp_path))
+    assert result.exit_code == 2
+    assert "does not exist" in result.output and "hint:" in result.output
+
+
+def test_malformed_spec_names_the_field(tmp_path):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(CHURN_SPEC.read_text().replace("algorithm: logistic_regression", "algorithm: deep_magic"))
+    result = _invoke("run", "--spec", str(spec), "--home", str(tmp_path))
+    assert result.exit_code == 2
+    assert "training.algorithm" in result.output
+
+
+def test_models_on_an_empty_registry_says_how_to_get_one(tmp_path):
+    result = _invoke("models", "--home", str(tmp_path))
+    assert result.exit_code == 0
+    assert "no registered versions of 'churn'" in result.output and "shepherd run" in result.output
+
+
+def test_reproduce_unknown_version(tmp_path):
+    result = _invoke("reproduce", "42", "--home", str(tmp_path))
+    assert result.exit_code == 5
+    assert "has no version '42'" in result.output
+
+
+def test_submit_to_an_unreachable_server(tmp_path):
+    result = _invoke("submit", "--host", "http://127.0.0.1:9", "--tracking-uri", "http://mlflow:5000")
+    assert result.exit_code == 6
+    assert "could not submit to the KFP server at http://127.0.0.1:9" in result.output
+
+
+def test_compile_writes_the_pipeline(tmp_path):
+    out = tmp_path / "p.yaml"
+    result = _invoke("compile", "--output", str(out))
+    assert result.exit_code == 0
+    assert "deploy-op" in out.read_text()

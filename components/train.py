@@ -193,7 +193,7 @@ def train_op(
         registry.TAG_CODE_VERSION: training_set.metadata["code_version"],
         registry.TAG_PIPELINE_RUN: pipeline_run_id,
     }
-    say(f"train: fitting {spec.training.algorithm} on {training_set.metadata.get('rows', '?')} rows")
+    say(f"train: fitting {spec.training.algorithm} on {int(training_set.metadata['rows'])} rows")
     run = train_and_log(spec, Path(training_set.path), tracking_uri, lineage)
     say(f"train: run {run.run_id}, holdout roc_auc {run.metrics['roc_auc']:.4f}, f1 {run.metrics['f1']:.4f}")
     return namedtuple("Outputs", ["run_id", "model_uri"])(run.run_id, run.model_uri)

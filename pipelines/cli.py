@@ -81,6 +81,9 @@ def run(
     spec: SpecOption = DEFAULT_SPEC,
     home: HomeOption = None,
     tracking_uri: TrackingOption = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show every step's full output, not just progress.")
+    ] = False,
 ) -> None:
     """Run the whole training DAG on this machine (kfp.local, no cluster).
 
@@ -95,8 +98,9 @@ def run(
     model_spec = _load(spec)
     settings = Settings.from_env(home=home, tracking_uri=tracking_uri)
     console.print(f"[bold]shepherd run[/] {model_spec.name} from {spec} (state in {settings.home})")
-    result = run_local(model_spec, settings)
+    result = run_local(model_spec, settings, verbose=verbose)
     console.print(f"[green]done[/] in {result.seconds:.1f} s; step outputs in {result.run_dir}", soft_wrap=True)
+    console.print(f"full log: {result.log_path}", soft_wrap=True)
     if result.unchanged_since:
         console.print(
             f"unchanged data, spec and code: version {result.unchanged_since} was trained from exactly this; "

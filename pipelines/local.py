@@ -6,8 +6,11 @@ interpreter, so the project's own venv provides every import and nothing is down
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +35,7 @@ STEP_OF_TASK = {
 class LocalRun:
     seconds: float
     run_dir: Path | None
+    log_path: Path | None = None
 
     def step_outputs(self, task: str) -> dict | None:
         """A finished step's parameter outputs (None if the step did not run)."""
@@ -60,7 +64,7 @@ def _newest_run_dir(root: Path, started: float) -> Path | None:
     return max(runs, key=lambda p: p.stat().st_mtime, default=None)
 
 
-def _failure(exc: Exception, run_dir: Path | None) -> PipelineRunError:
+def _failure(exc: Exception, run_dir: Path | None, log_path: Path) -> PipelineRunError:
     """Name the failed step and point at its report, instead of KFP's generic error."""
     text = str(exc)
     match = re.search(r"'([a-z-]+-op)'", text)
@@ -75,17 +79,59 @@ def _failure(exc: Exception, run_dir: Path | None) -> PipelineRunError:
         report = next(iter(sorted(run_dir.glob("validate-op/**/validation.md"))), None)
     return PipelineRunError(
         message + (f"\nvalidation report: {report}" if report else ""),
-        hint="the step's own output above says what went wrong",
+        hint=f"the step's full output is in {log_path}",
     )
 
 
-def run_local(spec: ModelSpec, settings: Settings) -> LocalRun:
-    """Run the whole DAG locally for `spec`; raises PipelineRunError naming the failed step."""
+class _ProgressFilter(io.TextIOBase):
+    """Sends everything to the run's log file and only progress lines to the terminal.
+
+    KFP's local runner echoes each step's full executor input and output; a person watching wants
+    the steps' own progress and the task verdicts, with the rest one file away.
+    """
+
+    KEEP = ("[shepherd]", "finished with status", "Error: ", "Exception: ")
+
+    def __init__(self, log, terminal):
+        self._log, self._terminal, self._partial = log, terminal, ""
+
+    def write(self, text: str) -> int:
+        self._log.write(text)
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            if any(marker in line for marker in self.KEEP):
+                self._terminal.write(line.strip() + "\n")
+        self._terminal.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self._log.flush()
+
+
+def run_local(spec: ModelSpec, settings: Settings, verbose: bool = False) -> LocalRun:
+    """Run the whole DAG locally for `spec`; raises PipelineRunError naming the failed step.
+
+    The full output of every step goes to `<home>/logs/`; the terminal shows progress lines only
+    (everything with `verbose`).
+    """
+    settings.home.mkdir(parents=True, exist_ok=True)
+    log_dir = settings.home / "logs"
+    log_dir.mkdir(exist_ok=True)
+    log_path = log_dir / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    if verbose:
+        return _run(spec, settings, log_path)
+    with open(log_path, "w") as log:
+        progress = _ProgressFilter(log, sys.__stderr__)
+        with contextlib.redirect_stdout(progress), contextlib.redirect_stderr(progress):
+            return _run(spec, settings, log_path)
+
+
+def _run(spec: ModelSpec, settings: Settings, log_path: Path) -> LocalRun:
     from kfp import local
 
     from pipelines.pipeline import training_pipeline
 
-    settings.home.mkdir(parents=True, exist_ok=True)
     settings.pipeline_root.mkdir(parents=True, exist_ok=True)
     features.ensure_repo(settings.feature_repo)
     local.init(
@@ -101,5 +147,5 @@ def run_local(spec: ModelSpec, settings: Settings) -> LocalRun:
             feature_repo=str(settings.feature_repo),
         )
     except RuntimeError as exc:
-        raise _failure(exc, _newest_run_dir(settings.pipeline_root, started)) from exc
-    return LocalRun(time.time() - started, _newest_run_dir(settings.pipeline_root, started))
+        raise _failure(exc, _newest_run_dir(settings.pipeline_root, started), log_path) from exc
+    return LocalRun(time.time() - started, _newest_run_dir(settings.pipeline_root, started), log_path)

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real bundled specs and data, and a fresh MLflow store per test."""
+"""Shared fixtures: the real bundled specs and data."""
 
 from __future__ import annotations
 
@@ -30,11 +30,10 @@ def churn_frame(churn_spec):
     return entity_rows.merge(feature_rows, on=[churn_spec.entity.key, "event_timestamp"])
 
 
-@pytest.fixture
-def tracking_uri(tmp_path):
-    """A real MLflow store (SQLite + local artifacts) that lives for one test."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    yield uri
-    import mlflow
-
-    mlflow.set_tracking_uri(None)
+@pytest.fixture(autouse=True)
+def _no_leaked_tracking_uri():
+    """`mlflow.set_tracking_uri` exports MLFLOW_TRACKING_URI for subprocesses; a test must not
+    inherit another test's registry through it."""
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)

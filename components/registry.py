@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +32,15 @@ TAG_VERDICT = "shepherd.verdict"  # promote | reject
 TAG_REASONS = "shepherd.verdict_reasons"
 TAG_SNAPSHOT_SHA256 = "shepherd.snapshot_sha256"
 TAG_MODEL_SHA256 = "shepherd.model_sha256"
+TAG_SERVING_FORMAT = "shepherd.serving_format"  # onnx | sklearn
+TAG_ONNX_SHA256 = "shepherd.onnx_sha256"
+TAG_ONNX_NOTE = "shepherd.onnx_note"  # parity figure, or why the model is served by scikit-learn
 TAG_MODEL_URI = "shepherd.model_uri"  # on the training run: the logged model it produced
 
 MODEL_ARTIFACT = "model"
 SNAPSHOT_DIR = "snapshot"
 SPEC_ARTIFACT = "spec.yaml"
+ONNX_DIR, ONNX_FILE = "onnx", "model.onnx"
 
 
 def connect(tracking_uri: str):
@@ -43,6 +48,8 @@ def connect(tracking_uri: str):
     import mlflow
     from mlflow import MlflowClient
 
+    # Progress bars for sub-second downloads only clutter step logs and server output.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)

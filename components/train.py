@@ -26,6 +26,9 @@ from components.errors import SpecError
 from components.metrics import classification_metrics
 from components.spec import ModelSpec
 
+MISSING_CATEGORY = ""
+SCALE_SENSITIVE = frozenset({"logistic_regression"})
+
 ESTIMATORS = {
     "logistic_regression": LogisticRegression,
     "hist_gradient_boosting": HistGradientBoostingClassifier,
@@ -37,29 +40,22 @@ def build_pipeline(spec: ModelSpec) -> Pipeline:
     """Imputation, scaling and one-hot encoding per the spec's feature types, then the estimator."""
     numeric = [f.name for f in spec.features if f.type != "category"]
     categorical = [f for f in spec.features if f.type == "category"]
+    numeric_steps = [("impute", SimpleImputer(strategy="median"))]
+    if spec.training.algorithm in SCALE_SENSITIVE:
+        # Trees split on raw values; scaling them only adds float32 rounding in the ONNX export.
+        numeric_steps.append(("scale", StandardScaler()))
     preprocess = ColumnTransformer(
         [
             (
                 "numeric",
-                Pipeline(
-                    [
-                        ("impute", SimpleImputer(strategy="median")),
-                        ("scale", StandardScaler()),
-                    ]
-                ),
+                Pipeline(numeric_steps),
                 numeric,
             ),
             (
                 "categorical",
-                Pipeline(
-                    [
-                        ("impute", SimpleImputer(strategy="most_frequent")),
-                        (
-                            "encode",
-                            OneHotEncoder(categories=[f.categories for f in categorical], handle_unknown="ignore"),
-                        ),
-                    ]
-                ),
+                # Missing categories arrive as MISSING_CATEGORY, which no spec lists: one-hot all zeros.
+                # (No imputer here: skl2onnx converts string imputation only for string sentinels.)
+                OneHotEncoder(categories=[f.categories for f in categorical], handle_unknown="ignore"),
                 [f.name for f in categorical],
             ),
         ]
@@ -80,11 +76,12 @@ def build_pipeline(spec: ModelSpec) -> Pipeline:
 
 
 def feature_frame(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
-    """The model's input columns, in spec order, with categories as strings (None for missing)."""
+    """The model's input columns, in spec order: numbers as float (NaN for missing), categories as
+    strings (MISSING_CATEGORY for missing)."""
     out = frame[spec.feature_names].copy()
     for f in spec.features:
         if f.type == "category":
-            out[f.name] = out[f.name].astype(object).where(out[f.name].notna(), None)
+            out[f.name] = out[f.name].where(out[f.name].notna(), MISSING_CATEGORY).astype(str)
         else:
             out[f.name] = out[f.name].astype(float)
     return out
@@ -124,6 +121,8 @@ class TrainingRun:
     run_id: str
     model_uri: str
     metrics: dict[str, float]
+    serving_note: str
+    onnx: bool
 
 
 def train_and_log(spec: ModelSpec, training_set_path: Path, tracking_uri: str, lineage: dict[str, str]) -> TrainingRun:
@@ -166,7 +165,31 @@ def train_and_log(spec: ModelSpec, training_set_path: Path, tracking_uri: str, l
             serialization_format="cloudpickle",
         )
         mlflow.set_tag(registry.TAG_MODEL_URI, info.model_uri)
-        return TrainingRun(run.info.run_id, info.model_uri, trained.metrics)
+        onnx = _log_onnx_twin(trained.pipeline, spec, frame)
+        return TrainingRun(run.info.run_id, info.model_uri, trained.metrics, onnx.reason, onnx.model is not None)
+
+
+def _log_onnx_twin(pipeline: Pipeline, spec: ModelSpec, frame: pd.DataFrame):
+    """Export to ONNX with a holdout parity check; log it and how the model will be served."""
+    import mlflow
+
+    from components import registry
+    from components.onnx_export import export
+
+    _, holdout = split(frame, spec)
+    result = export(pipeline, spec, holdout)
+    tags = {
+        registry.TAG_SERVING_FORMAT: "onnx" if result.model is not None else "sklearn",
+        registry.TAG_ONNX_NOTE: result.reason,
+    }
+    if result.model is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / registry.ONNX_FILE
+            path.write_bytes(result.model)
+            mlflow.log_artifact(str(path), registry.ONNX_DIR)
+            tags[registry.TAG_ONNX_SHA256] = registry.sha256_file(path)
+    mlflow.set_tags(tags)
+    return result
 
 
 @step
@@ -196,4 +219,5 @@ def train_op(
     say(f"train: fitting {spec.training.algorithm} on {int(training_set.metadata['rows'])} rows")
     run = train_and_log(spec, Path(training_set.path), tracking_uri, lineage)
     say(f"train: run {run.run_id}, holdout roc_auc {run.metrics['roc_auc']:.4f}, f1 {run.metrics['f1']:.4f}")
+    say(f"train: {run.serving_note}" if run.onnx else f"train: WARNING {run.serving_note}")
     return namedtuple("Outputs", ["run_id", "model_uri"])(run.run_id, run.model_uri)

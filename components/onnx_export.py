@@ -1,0 +1,85 @@
+"""Exporting a trained scikit-learn pipeline to ONNX, with a parity check on the holdout.
+
+Serving the ONNX graph in ONNX Runtime costs ~0.1 ms per row where the scikit-learn pipeline costs
+~15 ms per call in input checks, so every registered model gets an ONNX twin when its predictions
+agree with the original on the holdout. When conversion fails or disagrees, the model is served by
+scikit-learn and the reason is recorded on the version, loudly, not silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from components.spec import ModelSpec
+from components.train import feature_frame
+
+# float32 inputs in the graph: probabilities agree with float64 scikit-learn to ~1e-7 here.
+PARITY_TOLERANCE = 1e-5
+TARGET_OPSET = 17
+PROBABILITIES_OUTPUT = "probabilities"
+
+
+@dataclass
+class OnnxExport:
+    """The serialized graph (None if unusable), its parity on the holdout, and why if unusable."""
+
+    model: bytes | None
+    max_abs_diff: float | None
+    reason: str
+
+
+def onnx_inputs(spec: ModelSpec, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Feed dict for the exported graph: one [n, 1] column per feature (float32 or string)."""
+    columns = feature_frame(frame, spec)
+    return {
+        f.name: (
+            columns[f.name].to_numpy(dtype=object).reshape(-1, 1)
+            if f.type == "category"
+            else columns[f.name].to_numpy(dtype=np.float32).reshape(-1, 1)
+        )
+        for f in spec.features
+    }
+
+
+def _convert(pipeline, spec: ModelSpec) -> bytes:
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+
+    types = [
+        (f.name, StringTensorType([None, 1]) if f.type == "category" else FloatTensorType([None, 1]))
+        for f in spec.features
+    ]
+    estimator = pipeline.steps[-1][1]
+    graph = convert_sklearn(
+        pipeline, initial_types=types, options={id(estimator): {"zipmap": False}}, target_opset=TARGET_OPSET
+    )
+    return graph.SerializeToString()
+
+
+def session(model: bytes):
+    """An ONNX Runtime session on one thread: the server scales by processes, not by threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def export(pipeline, spec: ModelSpec, holdout: pd.DataFrame) -> OnnxExport:
+    """Convert `pipeline` and compare positive-class probabilities with scikit-learn on `holdout`."""
+    try:
+        model = _convert(pipeline, spec)
+        onnx_proba = session(model).run([PROBABILITIES_OUTPUT], onnx_inputs(spec, holdout))[0][:, 1]
+    except Exception as exc:  # skl2onnx/onnxruntime raise many types for unsupported estimators
+        return OnnxExport(None, None, f"ONNX conversion failed ({type(exc).__name__}: {exc}); serving scikit-learn")
+    reference = pipeline.predict_proba(feature_frame(holdout, spec))[:, 1]
+    diff = float(np.max(np.abs(onnx_proba - reference))) if len(reference) else 0.0
+    if diff > PARITY_TOLERANCE:
+        return OnnxExport(
+            None, diff, f"ONNX probabilities differ by {diff:.2e} > {PARITY_TOLERANCE:.0e}; serving scikit-learn"
+        )
+    return OnnxExport(model, diff, f"ONNX parity on {len(reference)} holdout rows: max |diff| {diff:.2e}")

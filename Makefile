@@ -6,7 +6,7 @@ export GX_ANALYTICS_ENABLED := false
 # Quiet the libraries' import-time chatter in command output; tests still see every warning they assert.
 export PYTHONWARNINGS := ignore::DeprecationWarning,ignore::FutureWarning,ignore::UserWarning
 
-.PHONY: help venv demo run test test-fast compile lint format bench clean
+.PHONY: help venv demo run test test-fast compile examples lint format bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ test-fast: venv ## Unit tests only (seconds)
 
 compile: venv ## Compile the DAG to pipelines/training_pipeline.yaml (the golden file)
 	@$(PY) -m pipelines.cli compile --output pipelines/training_pipeline.yaml
+
+examples: venv ## Regenerate manifests/examples/ (InferenceServices in both KServe modes)
+	@$(PY) -m serving.inference_service manifests/examples
 
 lint: venv ## ruff
 	@$(PY) -m ruff check .

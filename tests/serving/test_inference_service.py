@@ -1,0 +1,81 @@
+"""The InferenceService builder, validated against KServe's own CRD schema (from its Go module)."""
+
+from __future__ import annotations
+
+import jsonschema
+import pytest
+import yaml
+
+from serving.inference_service import ANNOTATION_CHAMPION, ANNOTATION_POLICY, build_inference_service, to_yaml
+from tests.conftest import REPO
+from tests.support.crds import validate_inference_service
+
+EXAMPLES = REPO / "manifests" / "examples"
+
+
+def _spec_in_mode(spec, mode):
+    data = yaml.safe_load(spec.to_yaml())
+    data["deployment"]["mode"] = mode
+    from components.spec import parse_spec
+
+    return parse_spec(yaml.safe_dump(data))
+
+
+@pytest.mark.parametrize("mode", ["Standard", "Knative"])
+def test_first_model_at_full_traffic_is_valid(churn_spec, mode):
+    obj = build_inference_service(_spec_in_mode(churn_spec, mode), "1")
+    validate_inference_service(obj)
+    assert "canary" not in obj["spec"] and "canaryTrafficPercent" not in obj["spec"]["predictor"]
+    assert obj["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == mode
+
+
+def test_standard_canary_uses_spec_canary(churn_spec):
+    obj = build_inference_service(_spec_in_mode(churn_spec, "Standard"), "2", champion_version="1", canary_percent=10)
+    validate_inference_service(obj)
+    assert obj["spec"]["canary"][0]["trafficPercent"] == 10
+    assert obj["spec"]["predictor"]["containers"][0]["args"][1] == "--model_uri=models:/churn/1"
+    assert obj["spec"]["canary"][0]["predictor"]["containers"][0]["args"][1] == "--model_uri=models:/churn/2"
+    assert obj["metadata"]["annotations"][ANNOTATION_CHAMPION] == "1"
+    assert '"steps": [10, 25, 50, 100]' in obj["metadata"]["annotations"][ANNOTATION_POLICY]
+
+
+def test_knative_canary_uses_canary_traffic_percent(churn_spec):
+    obj = build_inference_service(_spec_in_mode(churn_spec, "Knative"), "2", champion_version="1", canary_percent=25)
+    validate_inference_service(obj)
+    assert obj["spec"]["predictor"]["canaryTrafficPercent"] == 25
+    assert obj["spec"]["predictor"]["containers"][0]["args"][1] == "--model_uri=models:/churn/2"
+    assert "canary" not in obj["spec"]
+
+
+def test_containers_are_hardened(churn_spec):
+    container = build_inference_service(churn_spec, "1")["spec"]["predictor"]["containers"][0]
+    context = container["securityContext"]
+    assert context["runAsNonRoot"] and not context["allowPrivilegeEscalation"]
+    assert context["readOnlyRootFilesystem"] and context["capabilities"]["drop"] == ["ALL"]
+    assert container["resources"]["limits"] == {"cpu": "500m", "memory": "1Gi"}
+
+
+@pytest.mark.parametrize(
+    ("break_it", "where"),
+    [
+        (lambda o: o["spec"]["canary"][0].update(trafficPercent="ten"), "trafficPercent"),
+        (lambda o: o["spec"]["predictor"].update(replicas=3), "replicas"),
+        (lambda o: o["spec"]["canary"][0].pop("predictor"), "predictor"),
+    ],
+    ids=["wrong-type", "unknown-field", "missing-required"],
+)
+def test_schema_really_rejects_broken_objects(churn_spec, break_it, where):
+    obj = build_inference_service(churn_spec, "2", champion_version="1", canary_percent=10)
+    break_it(obj)
+    with pytest.raises(jsonschema.ValidationError) as info:
+        validate_inference_service(obj)
+    assert where in str(info.value.message) + str(list(info.value.absolute_path))
+
+
+@pytest.mark.parametrize("mode", ["standard", "knative"])
+def test_example_manifests_are_current_and_valid(churn_spec, mode):
+    path = EXAMPLES / f"inferenceservice-{mode}-canary.yaml"
+    built = build_inference_service(_spec_in_mode(churn_spec, mode.capitalize()), "2", "1", canary_percent=10)
+    assert yaml.safe_load(path.read_text()) == built, f"regenerate {path.name}: make examples"
+    validate_inference_service(yaml.safe_load(path.read_text()))
+    assert to_yaml(built) in path.read_text()

@@ -1,7 +1,8 @@
-"""Deploy (placeholder until serving lands): render the InferenceService the promoted model gets.
+"""Deploy: the InferenceService the promoted model gets, rendered and (given a backend) applied.
 
 The first model is served at 100 %; a promoted challenger becomes a canary at the rollout policy's
-first step next to the current champion. The rendered object is saved as the step's artifact.
+first step next to the current champion. The rendered object is always saved as the step's artifact;
+with `serving_url` (the local serving plane) it is applied there and serves at once.
 """
 
 from kfp import dsl
@@ -28,9 +29,10 @@ def deploy_op(
     tracking_uri: str,
     version: str,
     alias: str,
+    serving_url: str,
     inference_service: dsl.Output[dsl.Artifact],
 ):
-    """Render the InferenceService for the promoted version and save it as an artifact."""
+    """Render the InferenceService for the promoted version, save it, and apply it if a plane is given."""
     from components import registry
     from components.deploy import render
     from components.progress import say
@@ -45,3 +47,9 @@ def deploy_op(
     inference_service.metadata.update({"name": spec.name, "version": version, "alias": alias})
     traffic = "100 %" if alias == registry.CHAMPION else f"canary {spec.deployment.canary_steps[0]} %"
     say(f"deploy: InferenceService {spec.deployment.namespace}/{spec.name} for version {version} ({traffic})")
+    if serving_url:
+        from serving.backends import LocalBackend
+
+        status = LocalBackend(serving_url).apply(obj)["status"]
+        split = ", ".join(f"{t['revisionName']} {t['percent']} %" for t in status["components"]["predictor"]["traffic"])
+        say(f"deploy: serving at {status['url']} ({split})")

@@ -29,6 +29,7 @@ app = typer.Typer(
         "Quick start (no cluster needed):\n\n"
         "  shepherd run                      # the whole DAG locally on the bundled churn spec\n\n"
         "  shepherd models                   # versions, aliases and metrics in the registry\n\n"
+        "  shepherd up / status / down       # a local serving plane for promoted models\n\n"
         "  shepherd compile                  # the pipeline YAML a KFP server runs\n\n"
         "  shepherd submit --host URL ...    # run it on a KFP server\n\n"
         "State lives in $SHEPHERD_HOME (default ./.shepherd); MLFLOW_TRACKING_URI overrides the registry."
@@ -75,12 +76,34 @@ def _load(spec: Path):
     return load_spec(spec)
 
 
+def _with_params(model_spec, overrides: list[str]):
+    """The spec with `KEY=VALUE` training parameter overrides (values parsed as YAML scalars)."""
+    import yaml
+
+    from components.errors import SpecError
+    from components.spec import parse_spec
+
+    if not overrides:
+        return model_spec
+    data = yaml.safe_load(model_spec.to_yaml())
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SpecError(f"--param {item!r}: expected KEY=VALUE, e.g. --param C=0.5")
+        data["training"]["params"][key] = yaml.safe_load(value)
+    return parse_spec(yaml.safe_dump(data), origin="spec with --param overrides")
+
+
 @app.command()
 @friendly
 def run(
     spec: SpecOption = DEFAULT_SPEC,
     home: HomeOption = None,
     tracking_uri: TrackingOption = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", "-p", help="Override a training parameter, e.g. -p C=0.5 (repeatable)."),
+    ] = None,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Show every step's full output, not just progress.")
     ] = False,
@@ -91,14 +114,21 @@ def run(
     @champion -> register in MLflow -> deploy (only if promoted). Unchanged data, spec and code train
     nothing. A broken rule stops the run at validate and writes a report.
 
-    Example: shepherd run --spec specs/credit.yaml
+    Examples: shepherd run --spec specs/credit.yaml;  shepherd run -p C=0.5 (a challenger with other params)
     """
     from pipelines.local import run_local
+    from serving.backends import PlaneProcess
 
-    model_spec = _load(spec)
+    model_spec = _with_params(_load(spec), param or [])
     settings = Settings.from_env(home=home, tracking_uri=tracking_uri)
+    plane = PlaneProcess.find(settings.home)
     console.print(f"[bold]shepherd run[/] {model_spec.name} from {spec} (state in {settings.home})")
-    result = run_local(model_spec, settings, verbose=verbose)
+    console.print(
+        f"serving plane: {plane.url} (a promoted model is deployed there)"
+        if plane
+        else "serving plane: not running (`shepherd up` starts one; the deploy step only renders the object)"
+    )
+    result = run_local(model_spec, settings, verbose=verbose, serving_url=plane.url if plane else "")
     console.print(f"[green]done[/] in {result.seconds:.1f} s; step outputs in {result.run_dir}", soft_wrap=True)
     console.print(f"full log: {result.log_path}", soft_wrap=True)
     if result.unchanged_since:
@@ -221,6 +251,104 @@ def reproduce(
     out.print(table)
     result.raise_if_mismatched()
     console.print("[green]reproduced[/]: every metric matches")
+
+
+@app.command()
+@friendly
+def up(
+    port: Annotated[int, typer.Option(help="Port of the router and admin API.")] = 8080,
+    home: HomeOption = None,
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """Start the local serving plane in the background: KServe InferenceService semantics on this machine.
+
+    One real KServe ModelServer per revision, a router that splits traffic by the object's canary
+    percentage on KServe's URL paths, and an admin API. Objects applied before are served again.
+    """
+    from serving.backends import start_plane
+
+    settings = Settings.from_env(home=home, tracking_uri=tracking_uri)
+    console.print(f"starting the serving plane on port {port} (state in {settings.home / 'serving'})…")
+    plane = start_plane(settings.home, settings.tracking_uri, port)
+    console.print(f"[green]up[/]: {plane.url} (pid {plane.pid}); try `shepherd status`")
+
+
+@app.command()
+@friendly
+def traffic(
+    requests: Annotated[int, typer.Option("--requests", "-n", help="How many requests to send.")] = 200,
+    batch: Annotated[int, typer.Option(help="Rows per request.")] = 1,
+    spec: SpecOption = DEFAULT_SPEC,
+    home: HomeOption = None,
+) -> None:
+    """Send real rows from the spec's source through the local plane and show which revision answered."""
+    from components.data import load_source, split_source
+    from serving.backends import PlaneProcess
+    from serving.traffic import instances, send
+
+    model_spec = _load(spec)
+    settings = Settings.from_env(home=home)
+    plane = PlaneProcess.find(settings.home)
+    if plane is None:
+        console.print("no serving plane is running for this home; `shepherd up` starts one")
+        raise typer.Exit(1)
+    feature_rows, _ = split_source(load_source(model_spec), model_spec)
+    report = send(plane.url, model_spec, instances(model_spec, feature_rows.head(500)), requests, batch)
+    table = Table(title=f"{requests} requests x {batch} rows to {plane.url}/v1/models/{model_spec.name}:predict")
+    table.add_column("revision")
+    table.add_column("requests")
+    table.add_column("share")
+    for revision, count in sorted(report.by_revision.items()):
+        table.add_row(revision, str(count), f"{100 * count / requests:.1f} %")
+    out.print(table)
+    statuses = ", ".join(f"{code}: {n}" for code, n in sorted(report.by_status.items()))
+    console.print(f"HTTP status counts: {statuses}; predicted {model_spec.target.positive!r}: {report.positive}")
+
+
+@app.command()
+@friendly
+def down(home: HomeOption = None) -> None:
+    """Stop the local serving plane and its model servers (applied objects are kept for the next `up`)."""
+    from serving.backends import stop_plane
+
+    settings = Settings.from_env(home=home)
+    console.print("stopped" if stop_plane(settings.home) else "no serving plane was running")
+
+
+@app.command()
+@friendly
+def status(home: HomeOption = None, tracking_uri: TrackingOption = None) -> None:
+    """Show each InferenceService: revisions, traffic split, readiness, and the model's aliases."""
+    from components import registry
+    from serving.backends import LocalBackend, PlaneProcess
+
+    settings = Settings.from_env(home=home, tracking_uri=tracking_uri)
+    plane = PlaneProcess.find(settings.home)
+    if plane is None:
+        console.print("no serving plane is running for this home; `shepherd up` starts one")
+        raise typer.Exit(1)
+    client = registry.connect(settings.tracking_uri)
+    table = Table(title=f"InferenceServices on {plane.url}")
+    for column in ("inferenceservice", "mode", "revision", "traffic", "ready", "aliases", "url"):
+        table.add_column(column)
+    for obj in LocalBackend(plane.url).list():
+        meta, st = obj["metadata"], obj["status"]
+        aliases = {}
+        for v in registry.list_versions(client, meta["name"]):
+            aliases[v.version] = ", ".join(f"@{a}" for a in v.aliases)
+        ready = next((c["status"] for c in st["conditions"] if c["type"] == "Ready"), "?")
+        for t in st["components"]["predictor"]["traffic"]:
+            version = t["revisionName"].rsplit("-v", 1)[-1]
+            table.add_row(
+                f"{meta['namespace']}/{meta['name']}",
+                st.get("deploymentMode") or "-",
+                t["revisionName"],
+                f"{t['percent']} %",
+                ready,
+                aliases.get(version, "") or "-",
+                st["url"],
+            )
+    out.print(table)
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -22,7 +22,7 @@ PIPELINE_NAME = "shepherd-training"
     name=PIPELINE_NAME,
     description="Validate, train, evaluate against @champion, register, and deploy a canary if promoted.",
 )
-def training_pipeline(spec_yaml: str, tracking_uri: str, feature_repo: str):
+def training_pipeline(spec_yaml: str, tracking_uri: str, feature_repo: str, serving_url: str = ""):
     extract = extract_op(spec_yaml=spec_yaml, feature_repo=feature_repo, tracking_uri=tracking_uri)
     extract.set_display_name("extract features (Feast)")
     training_set = extract.outputs["training_set"]
@@ -66,5 +66,6 @@ def training_pipeline(spec_yaml: str, tracking_uri: str, feature_repo: str):
                 tracking_uri=tracking_uri,
                 version=register.outputs["version"],
                 alias=register.outputs["alias"],
+                serving_url=serving_url,
             )
             deploy.set_display_name("deploy (KServe InferenceService)")

@@ -1,0 +1,163 @@
+"""Where InferenceServices go: one interface, a backend per way to run.
+
+`LocalBackend` talks to the local serving plane (`shepherd up`), which honours the very same objects
+a cluster would. A Kubernetes backend (the `kubernetes` client against a real API server) follows with
+the cluster test harness.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from components.errors import ShepherdError
+
+API = "/apis/serving.kserve.io/v1beta1"
+
+
+class ServingError(ShepherdError):
+    """The serving backend refused or failed an operation."""
+
+    http_status = 502
+    exit_code = 9
+
+
+class ServingBackend(Protocol):
+    def apply(self, obj: dict) -> dict:
+        """Create or update an InferenceService; returns it with its status."""
+
+    def get(self, namespace: str, name: str) -> dict | None:
+        """The InferenceService with its status, or None."""
+
+    def list(self) -> list[dict]:
+        """Every InferenceService with its status."""
+
+
+class LocalBackend:
+    """The local serving plane's admin API."""
+
+    def __init__(self, url: str, timeout: float = 180):
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+
+    def _call(self, method: str, path: str, body: dict | None = None):
+        import httpx
+
+        try:
+            response = httpx.request(method, f"{self.url}{path}", json=body, timeout=self.timeout)
+        except httpx.TransportError as exc:
+            raise ServingError(
+                f"the local serving plane at {self.url} is not answering ({exc})", hint="start it with `shepherd up`"
+            ) from exc
+        return response
+
+    def apply(self, obj: dict) -> dict:
+        meta = obj["metadata"]
+        response = self._call("PUT", f"{API}/namespaces/{meta['namespace']}/inferenceservices/{meta['name']}", obj)
+        if response.status_code != 200:
+            raise ServingError(f"applying {meta['name']}: {response.json().get('error', response.text)}")
+        return response.json()
+
+    def get(self, namespace: str, name: str) -> dict | None:
+        response = self._call("GET", f"{API}/namespaces/{namespace}/inferenceservices/{name}")
+        return response.json() if response.status_code == 200 else None
+
+    def list(self) -> list[dict]:
+        return self._call("GET", f"{API}/inferenceservices").json()["items"]
+
+
+@dataclass
+class PlaneProcess:
+    """A running local plane, as recorded in `<home>/serving/plane.json`."""
+
+    pid: int
+    url: str
+
+    @staticmethod
+    def record(home: Path) -> Path:
+        return home / "serving" / "plane.json"
+
+    @classmethod
+    def find(cls, home: Path) -> PlaneProcess | None:
+        """The plane serving this home, if it is up and answering."""
+        import httpx
+
+        path = cls.record(home)
+        if not path.exists():
+            return None
+        plane = cls(**json.loads(path.read_text()))
+        try:
+            os.kill(plane.pid, 0)
+            httpx.get(f"{plane.url}/healthz", timeout=2).raise_for_status()
+        except (OSError, httpx.HTTPError):
+            return None
+        return plane
+
+
+def start_plane(home: Path, tracking_uri: str, port: int, wait_seconds: float = 300) -> PlaneProcess:
+    """Start the plane in the background (it outlives this command) and wait until it answers."""
+    import httpx
+
+    running = PlaneProcess.find(home)
+    if running is not None:
+        return running
+    (home / "serving").mkdir(parents=True, exist_ok=True)
+    log = open(home / "serving" / "plane.log", "a")  # noqa: SIM115 (owned by the child)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "serving.local_plane",
+            "--home",
+            str(home),
+            "--tracking-uri",
+            tracking_uri,
+            "--port",
+            str(port),
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    plane = PlaneProcess(process.pid, f"http://127.0.0.1:{port}")
+    deadline = time.monotonic() + wait_seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = (home / "serving" / "plane.log").read_text().strip().splitlines()[-3:]
+            raise ServingError(
+                f"the local serving plane exited: {' | '.join(tail)}",
+                hint=f"is port {port} free? try `shepherd up --port {port + 1}`",
+            )
+        try:
+            if httpx.get(f"{plane.url}/healthz", timeout=1).status_code == 200:
+                PlaneProcess.record(home).write_text(json.dumps({"pid": plane.pid, "url": plane.url}))
+                return plane
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    process.terminate()
+    raise ServingError(f"the local serving plane did not answer within {wait_seconds:.0f} s")
+
+
+def stop_plane(home: Path) -> bool:
+    """Stop the plane (and its predictors); False if none was running."""
+    plane = PlaneProcess.find(home)
+    PlaneProcess.record(home).unlink(missing_ok=True)
+    if plane is None:
+        return False
+    os.kill(plane.pid, 15)
+    for _ in range(100):
+        try:
+            os.kill(plane.pid, 0)
+        except OSError:
+            return True
+        time.sleep(0.2)
+    os.kill(plane.pid, 9)
+    return True

@@ -1,0 +1,48 @@
+"""Sending real rows to a served model: for the demo, smoke checks and watching a canary split."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from components.spec import ModelSpec
+from components.train import feature_frame
+
+
+def instances(spec: ModelSpec, frame: pd.DataFrame) -> list[dict]:
+    """Rows as V1 instances: the spec's features, missing values as null."""
+    rows = json.loads(feature_frame(frame, spec).to_json(orient="records"))
+    for row in rows:
+        for f in spec.features:
+            value = row[f.name]
+            if (value == "" and f.type == "category") or (isinstance(value, float) and np.isnan(value)):
+                row[f.name] = None
+    return rows
+
+
+@dataclass
+class TrafficReport:
+    by_revision: Counter = field(default_factory=Counter)
+    by_status: Counter = field(default_factory=Counter)
+    positive: int = 0
+
+
+def send(url: str, spec: ModelSpec, rows: list[dict], requests: int, batch: int = 1) -> TrafficReport:
+    """POST `requests` V1 requests of `batch` rows (cycling through `rows`) to `url`'s router."""
+    import httpx
+
+    report = TrafficReport()
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for i in range(requests):
+            start = (i * batch) % len(rows)
+            body = {"instances": (rows[start:] + rows)[:batch]}
+            response = client.post(f"/v1/models/{spec.name}:predict", json=body)
+            report.by_status[response.status_code] += 1
+            report.by_revision[response.headers.get("x-shepherd-revision", "?")] += 1
+            if response.status_code == 200:
+                report.positive += sum(p["label"] == spec.target.positive for p in response.json()["predictions"])
+    return report

@@ -37,7 +37,7 @@ def rollout_policy(spec: ModelSpec) -> dict:
     return {"steps": spec.deployment.canary_steps, "intervalSeconds": spec.deployment.interval_seconds}
 
 
-def _predictor(spec: ModelSpec, version: str, image: str):
+def _predictor(spec: ModelSpec, version: str, image: str, payload_log_url: str | None = None):
     from kserve import V1beta1PredictorSpec
     from kubernetes.client import V1Container, V1ResourceRequirements
 
@@ -50,7 +50,12 @@ def _predictor(spec: ModelSpec, version: str, image: str):
         resources=V1ResourceRequirements(requests=resources, limits=resources),
         security_context=SECURITY_CONTEXT,
     )
-    return V1beta1PredictorSpec(containers=[container], min_replicas=1)
+    predictor = V1beta1PredictorSpec(containers=[container], min_replicas=1)
+    if payload_log_url:
+        from kserve import V1beta1LoggerSpec
+
+        predictor.logger = V1beta1LoggerSpec(mode="all", url=payload_log_url)
+    return predictor
 
 
 def build_inference_service(
@@ -59,9 +64,11 @@ def build_inference_service(
     champion_version: str | None = None,
     canary_percent: int | None = None,
     image: str = PLATFORM_IMAGE,
+    payload_log_url: str | None = None,
 ) -> dict:
     """The InferenceService for `version`: at 100 % when `canary_percent` is None, else as a canary
-    taking `canary_percent` of traffic next to `champion_version`. Returns the serialised object."""
+    taking `canary_percent` of traffic next to `champion_version`. With `payload_log_url`, every
+    predictor posts its requests and responses there as CloudEvents. Returns the serialised object."""
     from kserve import (
         V1beta1CanarySpec,
         V1beta1InferenceService,
@@ -79,16 +86,20 @@ def build_inference_service(
         ANNOTATION_POLICY: json.dumps(rollout_policy(spec)),
     }
     if canary_percent is None:
-        isvc_spec = V1beta1InferenceServiceSpec(predictor=_predictor(spec, version, image))
+        isvc_spec = V1beta1InferenceServiceSpec(predictor=_predictor(spec, version, image, payload_log_url))
     elif mode == "Knative":
-        predictor = _predictor(spec, version, image)
+        predictor = _predictor(spec, version, image, payload_log_url)
         predictor.canary_traffic_percent = canary_percent
         isvc_spec = V1beta1InferenceServiceSpec(predictor=predictor)
         annotations[ANNOTATION_CHAMPION] = str(champion_version)
     else:
         isvc_spec = V1beta1InferenceServiceSpec(
-            predictor=_predictor(spec, champion_version, image),
-            canary=[V1beta1CanarySpec(traffic_percent=canary_percent, predictor=_predictor(spec, version, image))],
+            predictor=_predictor(spec, champion_version, image, payload_log_url),
+            canary=[
+                V1beta1CanarySpec(
+                    traffic_percent=canary_percent, predictor=_predictor(spec, version, image, payload_log_url)
+                )
+            ],
         )
         annotations[ANNOTATION_CHAMPION] = str(champion_version)
     isvc = V1beta1InferenceService(

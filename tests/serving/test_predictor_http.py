@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -14,20 +13,15 @@ import numpy as np
 import pytest
 
 from components import train
+from serving.local_plane import free_port
 from tests.conftest import REPO
 
 ROWS = 8
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(registered_churn, tmp_path_factory):
-    port = _free_port()
+    port = free_port()
     # A file, not a pipe: an unread pipe fills up with access logs and blocks the server.
     log_path = tmp_path_factory.mktemp("predictor") / "predictor.log"
     log = open(log_path, "w")  # noqa: SIM115 (closed in teardown)

@@ -1,0 +1,144 @@
+"""The local serving plane as a real process: KServe-shaped status (checked against the CRD schema),
+the router's observed canary split, payload logs as CloudEvents, and state kept across a restart."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import ClassVar
+
+import pytest
+import yaml
+from scipy.stats import binomtest
+
+from components.evaluate import evaluate_run
+from components.register import register_version
+from components.spec import parse_spec
+from components.train import train_and_log
+from serving.backends import LocalBackend, ServingError, start_plane, stop_plane
+from serving.inference_service import build_inference_service
+from serving.local_plane import free_port
+from serving.traffic import instances, send
+from tests.support.crds import validate_inference_service
+
+# A split is wrong if a two-sided binomial test rejects the configured share at this level.
+SIGNIFICANCE = 1e-4
+
+
+class _Collector(BaseHTTPRequestHandler):
+    received: ClassVar[list] = []  # shared by the handler instances the server creates
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["content-length"]))
+        _Collector.received.append(({k.lower(): v for k, v in self.headers.items()}, json.loads(body)))
+        self.send_response(202)
+        self.end_headers()
+
+    def log_message(self, *args):  # quiet
+        pass
+
+
+@pytest.fixture(scope="module")
+def collector():
+    server = HTTPServer(("127.0.0.1", 0), _Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/events"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def two_versions(registered_churn, churn_spec, churn_frame):
+    """Version 1 (@champion, from the session registry) and a challenger version 2."""
+    uri, home = registered_churn["tracking_uri"], registered_churn["home"]
+    data = yaml.safe_load(churn_spec.to_yaml())
+    data["training"]["params"]["C"] = 0.5
+    challenger = parse_spec(yaml.safe_dump(data))
+    snapshot = home / "training_set.parquet"
+    run = train_and_log(challenger, snapshot, uri, {"shepherd.fingerprint": "challenger"})
+    registered = register_version(
+        challenger, uri, run.run_id, run.model_uri, evaluate_run(challenger, snapshot, uri, run.model_uri)
+    )
+    assert (registered.version, registered.alias) == ("2", "challenger")
+    return uri
+
+
+@pytest.fixture(scope="module")
+def plane(two_versions, tmp_path_factory):
+    home = tmp_path_factory.mktemp("plane-home")
+    port = free_port()
+    started = start_plane(home, two_versions, port)
+    yield {"home": home, "url": started.url, "tracking_uri": two_versions, "port": port}
+    stop_plane(home)
+
+
+def _observed_canary_share(plane, churn_spec, rows, n):
+    report = send(plane["url"], churn_spec, rows, n)
+    assert report.by_status == {200: n}
+    return report.by_revision["churn-v2"], report
+
+
+@pytest.fixture(scope="module")
+def rows(churn_spec, churn_frame):
+    return instances(churn_spec, churn_frame.head(300))
+
+
+def test_canary_is_applied_with_kserve_shaped_status(plane, churn_spec, collector):
+    obj = build_inference_service(churn_spec, "2", champion_version="1", canary_percent=10, payload_log_url=collector)
+    applied = LocalBackend(plane["url"]).apply(obj)
+    validate_inference_service(applied)  # status included: the plane speaks KServe's schema
+    status = applied["status"]
+    traffic = {t["revisionName"]: t["percent"] for t in status["components"]["predictor"]["traffic"]}
+    assert traffic == {"churn-v1": 90, "churn-v2": 10}
+    assert status["canaryStatuses"] == [{"name": "churn-v2", "ready": True, "trafficPercent": 10}]
+    assert status["components"]["predictor"]["latestRolledoutRevision"] == "churn-v1"
+    assert next(c for c in status["conditions"] if c["type"] == "Ready")["status"] == "True"
+
+
+def test_router_split_matches_the_configured_percentage(plane, churn_spec, rows):
+    canary, _ = _observed_canary_share(plane, churn_spec, rows, 2000)
+    assert binomtest(canary, 2000, 0.10).pvalue > SIGNIFICANCE, f"{canary}/2000 canary answers at 10 %"
+
+    obj = build_inference_service(churn_spec, "2", champion_version="1", canary_percent=50)
+    LocalBackend(plane["url"]).apply(obj)
+    canary, _ = _observed_canary_share(plane, churn_spec, rows, 1000)
+    assert binomtest(canary, 1000, 0.50).pvalue > SIGNIFICANCE, f"{canary}/1000 canary answers at 50 %"
+
+
+def test_payload_logs_arrive_as_kserve_cloudevents(plane, churn_spec, rows, collector):
+    obj = build_inference_service(churn_spec, "2", champion_version="1", canary_percent=50, payload_log_url=collector)
+    LocalBackend(plane["url"]).apply(obj)
+    _Collector.received.clear()
+    send(plane["url"], churn_spec, rows, 20)
+    deadline = time.monotonic() + 10
+    while len(_Collector.received) < 40 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    types = [h["ce-type"] for h, _ in _Collector.received]
+    assert types.count("org.kubeflow.serving.inference.request") == 20
+    assert types.count("org.kubeflow.serving.inference.response") == 20
+    headers, body = next((h, b) for h, b in _Collector.received if h["ce-type"].endswith("request"))
+    assert headers["ce-inferenceservicename"] == "churn" and headers["ce-namespace"] == "models"
+    assert headers["ce-endpoint"] in ("default", "canary") and headers["ce-specversion"] == "1.0"
+    assert set(body["instances"][0]) == set(churn_spec.feature_names)
+
+
+def test_bad_objects_are_refused_with_the_reason(plane, churn_spec):
+    obj = build_inference_service(churn_spec, "2", champion_version="1", canary_percent=10)
+    obj["spec"]["canary"][0]["predictor"]["containers"][0]["args"] = []
+    with pytest.raises(ServingError, match="no --model_uri"):
+        LocalBackend(plane["url"]).apply(obj)
+    missing = build_inference_service(churn_spec, "99")
+    with pytest.raises(ServingError, match="has no version '99'"):
+        LocalBackend(plane["url"]).apply(missing)
+
+
+def test_state_survives_a_restart_of_the_plane(plane, churn_spec, rows):
+    before = LocalBackend(plane["url"]).get("models", "churn")
+    stop_plane(plane["home"])
+    restarted = start_plane(plane["home"], plane["tracking_uri"], plane["port"])
+    after = LocalBackend(restarted.url).get("models", "churn")
+    assert after["spec"] == before["spec"]
+    assert after["status"]["components"]["predictor"]["traffic"][1]["percent"] == 50
+    report = send(restarted.url, churn_spec, rows, 50)
+    assert report.by_status == {200: 50}

@@ -2,6 +2,8 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 PY := .venv/bin/python
+SHEPHERD := .venv/bin/shepherd
+PORT ?= 8080
 export GX_ANALYTICS_ENABLED := false
 # Quiet the libraries' import-time chatter in command output; tests still see every warning they assert.
 export PYTHONWARNINGS := ignore::DeprecationWarning,ignore::FutureWarning,ignore::UserWarning
@@ -14,9 +16,18 @@ help: ## List the targets
 venv: ## Create .venv (the stack is installed once per machine, then reused)
 	@./scripts/venv.sh
 
-demo: venv ## Set up and run the training pipeline locally on the bundled churn spec
-	@$(PY) -m pipelines.cli run --spec specs/churn.yaml
-	@$(PY) -m pipelines.cli models churn
+demo: venv ## Set up, train the churn model, serve it, and ship a challenger as a 10 % canary
+	@echo "==> 1/5 starting the local serving plane on port $(PORT) (KServe model servers + router)"
+	@$(SHEPHERD) up --port $(PORT)
+	@echo "==> 2/5 training pipeline: the first model becomes @champion and serves 100 %"
+	@$(SHEPHERD) run --spec specs/churn.yaml
+	@echo "==> 3/5 a challenger with other parameters: promoted, it becomes a canary next to the champion"
+	@$(SHEPHERD) run --spec specs/churn.yaml --param C=0.5
+	@echo "==> 4/5 real customers through the router: the split follows the InferenceService"
+	@$(SHEPHERD) traffic --requests 300
+	@echo "==> 5/5 what is served"
+	@$(SHEPHERD) status
+	@echo "The plane keeps serving on http://127.0.0.1:$(PORT) (try: $(SHEPHERD) --help); stop it with: $(SHEPHERD) down"
 
 run: demo ## Same as demo
 

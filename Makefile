@@ -51,8 +51,10 @@ format: venv ## Apply ruff's fixes and formatting
 	@$(PY) -m ruff check --fix .
 	@$(PY) -m ruff format components pipelines serving monitoring tests
 
-bench: venv ## Measure cold and warm pipeline runs; writes docs/benchmarks.md
+bench: venv ## Pipeline cold/warm runs and serving throughput vs MLServer (needs wrk); writes docs/benchmarks.md
+	@command -v wrk >/dev/null || { echo "installing wrk (Debian package)"; apt-get install -y -qq wrk; }
 	@$(PY) -m benchmarks.pipeline_runs --output docs/benchmarks.md
+	@$(PY) -m benchmarks.serving --output docs/benchmarks.md
 
 clean: ## Remove local state (.shepherd); keeps .venv
 	rm -rf .shepherd

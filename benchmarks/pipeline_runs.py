@@ -33,7 +33,7 @@ def _shepherd_run(home: Path) -> float:
     return time.perf_counter() - started
 
 
-def _machine() -> str:
+def machine() -> str:
     cpu = next(
         (
             line.split(":", 1)[1].strip()
@@ -66,7 +66,7 @@ def main() -> None:
     cold_s, warm_s = statistics.median(cold), statistics.median(warm)
     section = f"""## `shepherd run`: cold vs warm (issue A)
 
-Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {_machine()}; `make bench`, {args.repeat} rounds, median.
+Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}; `make bench`, {args.repeat} rounds, median.
 Cold = fresh registry and feature repo, whole DAG (extract, validate, materialize, train, evaluate,
 register, deploy render). Warm = the same inputs again: extract finds the fingerprint, nothing trains.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.config
 import os
 import tempfile
 import time
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from components import registry
 from components.errors import RegistryError, ShepherdError
@@ -27,6 +29,7 @@ from monitoring.metrics import PredictorMetrics
 from serving.payload import PayloadError, PayloadParser, to_model_inputs
 
 logger = logging.getLogger("shepherd.predictor")
+QUIET_LOGGING = Path(__file__).with_name("quiet_logging.yaml")
 
 
 class ModelIntegrityError(ShepherdError):
@@ -237,6 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking_uri", default=None, help="MLflow tracking URI [env: MLFLOW_TRACKING_URI]")
     parser.add_argument("--role", default="champion", choices=["champion", "canary"])
     parser.add_argument("--feature_repo", default=None, help="Feast repo for entity-key lookups (optional)")
+    parser.add_argument(
+        "--log_each_request",
+        action="store_true",
+        help="KServe's per-request log lines (latency trace + access log); off by default: they cost about a "
+        "third of the throughput and the Prometheus metrics carry the same facts",
+    )
     args, _ = parser.parse_known_args(argv)
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not tracking_uri:
@@ -252,7 +261,13 @@ def main(argv: list[str] | None = None) -> int:
     model.load()
     logger.info("serving %s v%s (%s) as %s", loaded.spec.name, loaded.version, loaded.serving_format, args.role)
     answer_schema_errors_with_400(model_server.app)
-    kserve.ModelServer(http_port=args.http_port, enable_grpc=False, workers=1).start([model])
+    server = kserve.ModelServer(
+        http_port=args.http_port, enable_grpc=False, workers=1, enable_latency_logging=args.log_each_request
+    )
+    if not args.log_each_request and not args.log_config_file:
+        # After ModelServer(): it configures KServe's default logging (an access line per request).
+        logging.config.dictConfig(yaml.safe_load(QUIET_LOGGING.read_text()))
+    server.start([model])
     return 0
 
 

@@ -42,17 +42,11 @@ def _no_leaked_tracking_uri():
 @pytest.fixture(scope="session")
 def registered_churn(tmp_path_factory, churn_spec, churn_frame):
     """A real MLflow store holding churn version 1 (@champion), trained and registered by the same
-    functions the pipeline steps call (without the KFP runner around them)."""
-    from components.evaluate import evaluate_run
-    from components.register import register_version
-    from components.train import train_and_log
+    functions the pipeline steps call (pipelines.direct, without the KFP runner around them)."""
+    from pipelines.direct import train_and_register
 
     home = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{home / 'mlflow.db'}"
-    snapshot = home / "training_set.parquet"
-    churn_frame.to_parquet(snapshot, index=False)
-    run = train_and_log(churn_spec, snapshot, uri, {"shepherd.fingerprint": "test"})
-    verdict = evaluate_run(churn_spec, snapshot, uri, run.model_uri)
-    registered = register_version(churn_spec, uri, run.run_id, run.model_uri, verdict)
+    registered = train_and_register(churn_spec, churn_frame, uri, home)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    return {"tracking_uri": uri, "version": registered.version, "home": home, "run_id": run.run_id}
+    return {"tracking_uri": uri, "version": registered.version, "home": home}

@@ -12,9 +12,8 @@ from sklearn.preprocessing import FunctionTransformer
 
 from components import features, registry, train
 from components.errors import RegistryError
-from components.evaluate import evaluate_run
 from components.onnx_export import export, onnx_inputs
-from components.register import register_version
+from pipelines.direct import train_and_register
 from serving.payload import PayloadError, PayloadParser, to_model_inputs
 from serving.predictor import ModelIntegrityError, feast_lookup, load_version, main, parse_model_uri
 
@@ -23,10 +22,7 @@ from serving.predictor import ModelIntegrityError, feast_lookup, load_version, m
 def fresh_registry(tmp_path, churn_spec, churn_frame):
     """A registry of its own: these tests change stored artifacts."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    snapshot = tmp_path / "training_set.parquet"
-    churn_frame.to_parquet(snapshot, index=False)
-    run = train.train_and_log(churn_spec, snapshot, uri, {"shepherd.fingerprint": "test"})
-    register_version(churn_spec, uri, run.run_id, run.model_uri, evaluate_run(churn_spec, snapshot, uri, run.model_uri))
+    train_and_register(churn_spec, churn_frame, uri, tmp_path)
     return uri, tmp_path
 
 

@@ -13,10 +13,8 @@ import pytest
 import yaml
 from scipy.stats import binomtest
 
-from components.evaluate import evaluate_run
-from components.register import register_version
 from components.spec import parse_spec
-from components.train import train_and_log
+from pipelines.direct import train_and_register
 from serving.backends import LocalBackend, ServingError, start_plane, stop_plane
 from serving.inference_service import build_inference_service
 from serving.local_plane import free_port
@@ -54,12 +52,7 @@ def two_versions(registered_churn, churn_spec, churn_frame):
     uri, home = registered_churn["tracking_uri"], registered_churn["home"]
     data = yaml.safe_load(churn_spec.to_yaml())
     data["training"]["params"]["C"] = 0.5
-    challenger = parse_spec(yaml.safe_dump(data))
-    snapshot = home / "training_set.parquet"
-    run = train_and_log(challenger, snapshot, uri, {"shepherd.fingerprint": "challenger"})
-    registered = register_version(
-        challenger, uri, run.run_id, run.model_uri, evaluate_run(challenger, snapshot, uri, run.model_uri)
-    )
+    registered = train_and_register(parse_spec(yaml.safe_dump(data)), churn_frame, uri, home, "challenger")
     assert (registered.version, registered.alias) == ("2", "challenger")
     return uri
 

@@ -119,7 +119,10 @@ def run(
     from pipelines.local import run_local
     from serving.backends import PlaneProcess
 
+    from components.train import build_pipeline
+
     model_spec = _with_params(_load(spec), param or [])
+    build_pipeline(model_spec)  # parameters the estimator does not take fail here, not minutes later in train
     settings = Settings.from_env(home=home, tracking_uri=tracking_uri)
     plane = PlaneProcess.find(settings.home)
     console.print(f"[bold]shepherd run[/] {model_spec.name} from {spec} (state in {settings.home})")

@@ -63,3 +63,20 @@ def test_compile_writes_the_pipeline(tmp_path):
     result = _invoke("compile", "--output", str(out))
     assert result.exit_code == 0
     assert "deploy-op" in out.read_text()
+
+
+def test_status_and_traffic_without_a_plane_say_how_to_start_one(tmp_path):
+    for command in ("status", "traffic"):
+        result = _invoke(command, "--home", str(tmp_path))
+        assert result.exit_code == 1
+        assert "`shepherd up` starts one" in result.output
+
+
+def test_param_override_must_be_key_value(tmp_path):
+    result = _invoke("run", "--param", "C", "--home", str(tmp_path))
+    assert result.exit_code == 2
+    assert "--param 'C': expected KEY=VALUE" in result.output
+    result = _invoke("run", "--param", "depth=3", "--home", str(tmp_path))  # refused before any step runs
+    assert result.exit_code == 2
+    assert "training.params ['C', 'depth', 'max_iter'] do not fit logistic_regression" in result.output
+    assert not (tmp_path / "pipeline-root").exists()

@@ -116,10 +116,9 @@ def run(
 
     Examples: shepherd run --spec specs/credit.yaml;  shepherd run -p C=0.5 (a challenger with other params)
     """
+    from components.train import build_pipeline
     from pipelines.local import run_local
     from serving.backends import PlaneProcess
-
-    from components.train import build_pipeline
 
     model_spec = _with_params(_load(spec), param or [])
     build_pipeline(model_spec)  # parameters the estimator does not take fail here, not minutes later in train

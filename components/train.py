@@ -98,7 +98,11 @@ class TrainedModel:
     pipeline: Pipeline
     metrics: dict[str, float]
     train_rows: int
-    holdout_rows: int
+    holdout: pd.DataFrame
+
+    @property
+    def holdout_rows(self) -> int:
+        return len(self.holdout)
 
 
 def fit(frame: pd.DataFrame, spec: ModelSpec) -> TrainedModel:
@@ -108,7 +112,7 @@ def fit(frame: pd.DataFrame, spec: ModelSpec) -> TrainedModel:
     pipeline.fit(feature_frame(train, spec), labels(train, spec))
     proba = predict_positive(pipeline, holdout, spec)
     metrics = classification_metrics(labels(holdout, spec), proba, spec.evaluation.decision_threshold)
-    return TrainedModel(pipeline, metrics, len(train), len(holdout))
+    return TrainedModel(pipeline, metrics, len(train), holdout)
 
 
 def predict_positive(model, frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
@@ -165,18 +169,17 @@ def train_and_log(spec: ModelSpec, training_set_path: Path, tracking_uri: str, l
             serialization_format="cloudpickle",
         )
         mlflow.set_tag(registry.TAG_MODEL_URI, info.model_uri)
-        onnx = _log_onnx_twin(trained.pipeline, spec, frame)
+        onnx = _log_onnx_twin(trained.pipeline, spec, trained.holdout)
         return TrainingRun(run.info.run_id, info.model_uri, trained.metrics, onnx.reason, onnx.model is not None)
 
 
-def _log_onnx_twin(pipeline: Pipeline, spec: ModelSpec, frame: pd.DataFrame):
+def _log_onnx_twin(pipeline: Pipeline, spec: ModelSpec, holdout: pd.DataFrame):
     """Export to ONNX with a holdout parity check; log it and how the model will be served."""
     import mlflow
 
     from components import registry
     from components.onnx_export import export
 
-    _, holdout = split(frame, spec)
     result = export(pipeline, spec, holdout)
     tags = {
         registry.TAG_SERVING_FORMAT: "onnx" if result.model is not None else "sklearn",

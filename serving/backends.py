@@ -1,8 +1,9 @@
 """Where InferenceServices go: one interface, a backend per way to run.
 
 `LocalBackend` talks to the local serving plane (`shepherd up`), which honours the very same objects
-a cluster would. A Kubernetes backend (the `kubernetes` client against a real API server) follows with
-the cluster test harness.
+a cluster would. `KubernetesBackend` creates and replaces InferenceServices through the API server
+(in-cluster config or a kubeconfig), retrying optimistic-concurrency conflicts, and reads the status
+KServe's controller writes.
 """
 
 from __future__ import annotations
@@ -70,6 +71,70 @@ class LocalBackend:
 
     def list(self) -> list[dict]:
         return self._call("GET", f"{API}/inferenceservices").json()["items"]
+
+
+class KubernetesBackend:
+    """InferenceServices on a cluster through the `kubernetes` client."""
+
+    GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
+
+    def __init__(self, api_client=None, conflict_retries: int = 5):
+        from kubernetes import client, config
+
+        if api_client is None:
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+            api_client = client.ApiClient()
+        self.api = client.CustomObjectsApi(api_client)
+        self.conflict_retries = conflict_retries
+        self.conflicts_retried = 0
+
+    def _error(self, action: str, name: str, exc) -> ServingError:
+        try:
+            message = json.loads(exc.body).get("message", exc.reason)
+        except (TypeError, ValueError):
+            message = exc.reason
+        return ServingError(f"{action} inferenceservice {name}: HTTP {exc.status}: {message}")
+
+    def get(self, namespace: str, name: str) -> dict | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self.api.get_namespaced_custom_object(self.GROUP, self.VERSION, namespace, self.PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise self._error("reading", name, exc) from exc
+
+    def list(self) -> list[dict]:
+        return self.api.list_cluster_custom_object(self.GROUP, self.VERSION, self.PLURAL)["items"]
+
+    def apply(self, obj: dict) -> dict:
+        """Create, or replace the spec of, the object; a write that lost a race is re-read and retried."""
+        from kubernetes.client.exceptions import ApiException
+
+        namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+        for _ in range(self.conflict_retries + 1):
+            current = self.get(namespace, name)
+            try:
+                if current is None:
+                    return self.api.create_namespaced_custom_object(
+                        self.GROUP, self.VERSION, namespace, self.PLURAL, obj
+                    )
+                body = {
+                    **obj,
+                    "metadata": {**obj["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]},
+                }
+                return self.api.replace_namespaced_custom_object(
+                    self.GROUP, self.VERSION, namespace, self.PLURAL, name, body
+                )
+            except ApiException as exc:
+                if exc.status != 409:  # 409: someone else wrote first (or created it meanwhile)
+                    raise self._error("applying", name, exc) from exc
+                self.conflicts_retried += 1
+        raise ServingError(f"applying inferenceservice {name}: still conflicting after {self.conflict_retries} retries")
 
 
 @dataclass

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Builds the binaries of the cluster test harness from Go modules and caches them outside the repo,
+# keyed by version: etcd and kube-apiserver (the envtest pattern, no Docker, no kubelet).
+# Prints the cache directory. A warm machine returns at once; a cold one compiles (~10-20 min on 2 cores).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+K8S_VERSION=$(awk '/^require k8s.io\/kubernetes/ {print $3}' tools/cluster/go.mod)
+ETCD_VERSION=$(awk '/^require go.etcd.io\/etcd\/server\/v3/ {print $3}' tools/etcd/go.mod)
+cache=${SHEPHERD_CACHE:-$HOME/.cache/shepherd}/cluster-k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}
+mkdir -p "$cache"
+
+command -v go >/dev/null || { echo "error: Go is needed to build the cluster test binaries (https://go.dev/dl)" >&2; exit 1; }
+
+if [ ! -x "$cache/etcd" ]; then
+  echo "==> building etcd $ETCD_VERSION into $cache (once per machine)" >&2
+  (cd tools/etcd && go build -trimpath -o "$cache/etcd.tmp" go.etcd.io/etcd/server/v3) && mv "$cache/etcd.tmp" "$cache/etcd"
+fi
+if [ ! -x "$cache/kube-apiserver" ]; then
+  echo "==> building kube-apiserver $K8S_VERSION into $cache (once per machine; several minutes)" >&2
+  minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+  pkg=k8s.io/component-base/version
+  (cd tools/cluster && go build -trimpath \
+      -ldflags "-X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor" \
+      -o "$cache/kube-apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver) \
+    && mv "$cache/kube-apiserver.tmp" "$cache/kube-apiserver"
+fi
+echo "$cache"

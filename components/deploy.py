@@ -2,7 +2,8 @@
 
 The first model is served at 100 %; a promoted challenger becomes a canary at the rollout policy's
 first step next to the current champion. The rendered object is always saved as the step's artifact;
-with `serving_url` (the local serving plane) it is applied there and serves at once.
+with a `serving_target` it is applied: `kubernetes` (the cluster the step runs in) or the URL of the
+local serving plane.
 """
 
 from kfp import dsl
@@ -29,7 +30,7 @@ def deploy_op(
     tracking_uri: str,
     version: str,
     alias: str,
-    serving_url: str,
+    serving_target: str,
     inference_service: dsl.Output[dsl.Artifact],
 ):
     """Render the InferenceService for the promoted version, save it, and apply it if a plane is given."""
@@ -47,9 +48,10 @@ def deploy_op(
     inference_service.metadata.update({"name": spec.name, "version": version, "alias": alias})
     traffic = "100 %" if alias == registry.CHAMPION else f"canary {spec.deployment.canary_steps[0]} %"
     say(f"deploy: InferenceService {spec.deployment.namespace}/{spec.name} for version {version} ({traffic})")
-    if serving_url:
-        from serving.backends import LocalBackend
+    if serving_target:
+        from serving.backends import backend_for
 
-        status = LocalBackend(serving_url).apply(obj)["status"]
-        split = ", ".join(f"{t['revisionName']} {t['percent']} %" for t in status["components"]["predictor"]["traffic"])
-        say(f"deploy: serving at {status['url']} ({split})")
+        applied = backend_for(serving_target).apply(obj)
+        predictor = applied.get("status", {}).get("components", {}).get("predictor", {})
+        split = ", ".join(f"{t['revisionName']} {t['percent']} %" for t in predictor.get("traffic", []))
+        say(f"deploy: applied to {serving_target}" + (f" ({split})" if split else " (KServe reports status next)"))

@@ -130,7 +130,7 @@ def run(
         if plane
         else "serving plane: not running (`shepherd up` starts one; the deploy step only renders the object)"
     )
-    result = run_local(model_spec, settings, verbose=verbose, serving_url=plane.url if plane else "")
+    result = run_local(model_spec, settings, verbose=verbose, serving_target=plane.url if plane else "")
     console.print(f"[green]done[/] in {result.seconds:.1f} s; step outputs in {result.run_dir}", soft_wrap=True)
     console.print(f"full log: {result.log_path}", soft_wrap=True)
     if result.unchanged_since:
@@ -173,6 +173,9 @@ def submit(
     spec: SpecOption = DEFAULT_SPEC,
     experiment: Annotated[str, typer.Option(help="KFP experiment to file the run under.")] = "shepherd",
     wait: Annotated[bool, typer.Option(help="Wait for the run to finish.")] = False,
+    deploy: Annotated[
+        str, typer.Option(help="Where a promoted model goes: kubernetes (the run's cluster) or '' (render only).")
+    ] = "kubernetes",
 ) -> None:
     """Submit a run of the compiled pipeline to a KFP server.
 
@@ -181,7 +184,7 @@ def submit(
     from pipelines.submit import submit_run
 
     model_spec = _load(spec)
-    run_id, state = submit_run(host, model_spec, tracking_uri, feature_repo, experiment, wait)
+    run_id, state = submit_run(host, model_spec, tracking_uri, feature_repo, experiment, wait, deploy)
     console.print(f"submitted run {run_id} for {model_spec.name} to {host}" + (f": {state}" if state else ""))
 
 

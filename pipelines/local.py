@@ -109,25 +109,25 @@ class _ProgressFilter(io.TextIOBase):
         self._log.flush()
 
 
-def run_local(spec: ModelSpec, settings: Settings, verbose: bool = False, serving_url: str = "") -> LocalRun:
+def run_local(spec: ModelSpec, settings: Settings, verbose: bool = False, serving_target: str = "") -> LocalRun:
     """Run the whole DAG locally for `spec`; raises PipelineRunError naming the failed step.
 
     The full output of every step goes to `<home>/logs/`; the terminal shows progress lines only
-    (everything with `verbose`). With `serving_url`, a promoted model is applied to that plane.
+    (everything with `verbose`). With `serving_target`, a promoted model is applied to that plane.
     """
     settings.home.mkdir(parents=True, exist_ok=True)
     log_dir = settings.home / "logs"
     log_dir.mkdir(exist_ok=True)
     log_path = log_dir / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
     if verbose:
-        return _run(spec, settings, log_path, serving_url)
+        return _run(spec, settings, log_path, serving_target)
     with open(log_path, "w") as log:
         progress = _ProgressFilter(log, sys.__stderr__)
         with contextlib.redirect_stdout(progress), contextlib.redirect_stderr(progress):
-            return _run(spec, settings, log_path, serving_url)
+            return _run(spec, settings, log_path, serving_target)
 
 
-def _run(spec: ModelSpec, settings: Settings, log_path: Path, serving_url: str) -> LocalRun:
+def _run(spec: ModelSpec, settings: Settings, log_path: Path, serving_target: str) -> LocalRun:
     from kfp import local
 
     from pipelines.pipeline import training_pipeline
@@ -145,7 +145,7 @@ def _run(spec: ModelSpec, settings: Settings, log_path: Path, serving_url: str) 
             spec_yaml=spec.to_yaml(),
             tracking_uri=settings.tracking_uri,
             feature_repo=str(settings.feature_repo),
-            serving_url=serving_url,
+            serving_target=serving_target,
         )
     except RuntimeError as exc:
         raise _failure(exc, _newest_run_dir(settings.pipeline_root, started), log_path) from exc

@@ -2,7 +2,9 @@
 (MLflow), with the deploy step under `dsl.If(promote)`.
 
 Everything the run needs travels as parameters (the spec's YAML text, the tracking URI, the feature
-repo), so the same compiled YAML runs locally under `kfp.local` and on a KFP server.
+repo, where to deploy), so the same compiled YAML runs locally under `kfp.local` and on a KFP server.
+`serving_target`: "" renders the InferenceService only, "kubernetes" applies it to the cluster the
+step runs in, a URL applies it to a local serving plane.
 """
 
 from kfp import dsl
@@ -22,7 +24,7 @@ PIPELINE_NAME = "shepherd-training"
     name=PIPELINE_NAME,
     description="Validate, train, evaluate against @champion, register, and deploy a canary if promoted.",
 )
-def training_pipeline(spec_yaml: str, tracking_uri: str, feature_repo: str, serving_url: str = ""):
+def training_pipeline(spec_yaml: str, tracking_uri: str, feature_repo: str, serving_target: str = ""):
     extract = extract_op(spec_yaml=spec_yaml, feature_repo=feature_repo, tracking_uri=tracking_uri)
     extract.set_display_name("extract features (Feast)")
     training_set = extract.outputs["training_set"]
@@ -66,6 +68,6 @@ def training_pipeline(spec_yaml: str, tracking_uri: str, feature_repo: str, serv
                 tracking_uri=tracking_uri,
                 version=register.outputs["version"],
                 alias=register.outputs["alias"],
-                serving_url=serving_url,
+                serving_target=serving_target,
             )
             deploy.set_display_name("deploy (KServe InferenceService)")

@@ -11,7 +11,13 @@ from pipelines.compile import compile_pipeline
 
 
 def submit_run(
-    host: str, spec: ModelSpec, tracking_uri: str, feature_repo: str, experiment: str, wait: bool
+    host: str,
+    spec: ModelSpec,
+    tracking_uri: str,
+    feature_repo: str,
+    experiment: str,
+    wait: bool,
+    serving_target: str = "kubernetes",
 ) -> tuple[str, str | None]:
     """Compile, upload and start a run; returns (run id, final state if waited for)."""
     import kfp
@@ -22,7 +28,12 @@ def submit_run(
             client = kfp.Client(host=host)
             run = client.create_run_from_pipeline_package(
                 str(package),
-                arguments={"spec_yaml": spec.to_yaml(), "tracking_uri": tracking_uri, "feature_repo": feature_repo},
+                arguments={
+                    "spec_yaml": spec.to_yaml(),
+                    "tracking_uri": tracking_uri,
+                    "feature_repo": feature_repo,
+                    "serving_target": serving_target,
+                },
                 run_name=f"{spec.name}-training",
                 experiment_name=experiment,
             )

@@ -85,7 +85,8 @@ class KubernetesBackend:
             try:
                 config.load_incluster_config()
             except config.ConfigException:
-                config.load_kube_config()
+                # Read KUBECONFIG now: the client library reads it once, at import time.
+                config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
             api_client = client.ApiClient()
         self.api = client.CustomObjectsApi(api_client)
         self.conflict_retries = conflict_retries
@@ -135,6 +136,19 @@ class KubernetesBackend:
                     raise self._error("applying", name, exc) from exc
                 self.conflicts_retried += 1
         raise ServingError(f"applying inferenceservice {name}: still conflicting after {self.conflict_retries} retries")
+
+
+def backend_for(target: str) -> ServingBackend:
+    """The backend a deploy target names: `kubernetes` (in-cluster config, else the kubeconfig) or
+    the URL of a local serving plane (`http://127.0.0.1:8080`)."""
+    if target == "kubernetes":
+        return KubernetesBackend()
+    if target.startswith(("http://", "https://")):
+        return LocalBackend(target)
+    raise ServingError(
+        f"serving target {target!r}: expected 'kubernetes' or the URL of a local serving plane",
+        hint="leave it empty to only render the InferenceService",
+    )
 
 
 @dataclass

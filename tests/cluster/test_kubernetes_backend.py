@@ -105,3 +105,14 @@ def test_example_manifests_pass_server_side_dry_run(control_plane, namespace, mo
     accepted = api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, obj, dry_run="All")
     assert accepted["metadata"]["name"] == "churn"
     assert api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"] == []  # nothing stored
+
+
+def test_deploy_target_kubernetes_uses_the_kubeconfig(control_plane, namespace, churn_spec, monkeypatch):
+    from serving.backends import backend_for
+
+    monkeypatch.setenv("KUBECONFIG", str(control_plane.kubeconfig))
+    backend = backend_for("kubernetes")
+    applied = backend.apply(build_inference_service(_in(churn_spec, namespace), "1"))
+    assert applied["metadata"]["namespace"] == namespace
+    with pytest.raises(ServingError, match="expected 'kubernetes' or the URL"):
+        backend_for("k8s")

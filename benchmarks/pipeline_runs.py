@@ -8,8 +8,6 @@ is timed end to end as a user sees it (a `shepherd run` subprocess). Results go 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -18,7 +16,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from benchmarks.report import machine, write_section
+
 REPO = Path(__file__).resolve().parent.parent
+SECTION = "## `shepherd run`: cold vs warm (issue A)"
 
 
 def _shepherd_run(home: Path) -> float:
@@ -31,21 +32,6 @@ def _shepherd_run(home: Path) -> float:
         stderr=subprocess.DEVNULL,
     )
     return time.perf_counter() - started
-
-
-def machine() -> str:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor() or "unknown CPU",
-    )
-    memory_kb = int(
-        next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
-    )
-    return f"{os.cpu_count()} cores ({cpu}), {memory_kb / 2**20:.0f} GiB RAM, Python {platform.python_version()}"
 
 
 def main() -> None:
@@ -64,9 +50,8 @@ def main() -> None:
             warm.append(_shepherd_run(home))
             print(f"[bench]   warm {warm[-1]:.1f} s", flush=True)
     cold_s, warm_s = statistics.median(cold), statistics.median(warm)
-    section = f"""## `shepherd run`: cold vs warm (issue A)
-
-Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}; `make bench`, {args.repeat} rounds, median.
+    when = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    body = f"""Measured {when} on {machine()}; `make bench`, {args.repeat} rounds, median.
 Cold = fresh registry and feature repo, whole DAG (extract, validate, materialize, train, evaluate,
 register, deploy render). Warm = the same inputs again: extract finds the fingerprint, nothing trains.
 
@@ -79,17 +64,8 @@ Warm / cold = **{warm_s / cold_s:.2f}** (the warm run is {cold_s / warm_s:.1f}x 
 Where the cold time goes: each step is a subprocess that imports its stack again (MLflow, Feast,
 Great Expectations, scikit-learn: 3-5 s per step); the model fit itself takes about 0.1 s.
 """
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    existing = args.output.read_text() if args.output.exists() else "# Benchmarks\n\n"
-    marker = "## `shepherd run`: cold vs warm (issue A)"
-    if marker in existing:
-        before, _, rest = existing.partition(marker)
-        after = rest[rest.find("\n## ") :] if "\n## " in rest else ""
-        existing = before + section + after
-    else:
-        existing = existing.rstrip("\n") + "\n\n" + section
-    args.output.write_text(existing)
-    print(section)
+    write_section(args.output, SECTION, body)
+    print(f"{SECTION}\n\n{body}")
 
 
 if __name__ == "__main__":

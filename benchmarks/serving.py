@@ -29,6 +29,8 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.report import write_section
+
 REPO = Path(__file__).resolve().parent.parent
 MLSERVER_VERSION = "1.7.1"
 MLSERVER_VENV = Path(os.environ.get("SHEPHERD_CACHE", Path.home() / ".cache" / "shepherd")) / (
@@ -113,7 +115,7 @@ def main() -> None:
     import joblib
     import mlflow
 
-    from benchmarks.pipeline_runs import machine
+    from benchmarks.report import machine
     from components import data
     from components.spec import load_spec
     from pipelines.direct import train_and_register
@@ -247,8 +249,6 @@ def main() -> None:
 
 def write_report(path: Path, results: dict, seconds: int, machine_text: str) -> None:
     lines = [
-        SECTION,
-        "",
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine_text}; `make bench`.",
         f"wrk -t2 -c8 -d{seconds}s --latency on loopback, same 2 cores as the servers; churn model "
         "(19 features, logistic regression pipeline). Every response checked 200 before the run.",
@@ -273,16 +273,9 @@ def write_report(path: Path, results: dict, seconds: int, machine_text: str) -> 
             f" / bare ASGI floor {ours / r['asgi-floor']['rps']:.2f}. Per-request log lines cost "
             f"{1 - r['shepherd-verbose']['rps'] / ours:.0%} of the throughput."
         )
-    section = "\n".join(lines) + "\n"
-    existing = path.read_text() if path.exists() else "# Benchmarks\n"
-    if SECTION in existing:
-        before, _, rest = existing.partition(SECTION)
-        after = rest[rest.find("\n## ") :] if "\n## " in rest else ""
-        existing = before + section + after
-    else:
-        existing = existing.rstrip("\n") + "\n\n" + section
-    path.write_text(existing)
-    print(section)
+    body = "\n".join(lines)
+    write_section(path, SECTION, body)
+    print(f"{SECTION}\n\n{body}")
 
 
 if __name__ == "__main__":

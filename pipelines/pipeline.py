@@ -25,8 +25,8 @@ PIPELINE_NAME = "shepherd-training"
     description="Validate, train, evaluate against @champion, register, and deploy a canary if promoted.",
 )
 def training_pipeline(spec_yaml: str, tracking_uri: str, feature_repo: str, serving_target: str = ""):
-    extract = extract_op(spec_yaml=spec_yaml, feature_repo=feature_repo, tracking_uri=tracking_uri)
-    extract.set_display_name("extract features (Feast)")
+    extract = extract_op(spec_yaml=spec_yaml, tracking_uri=tracking_uri)
+    extract.set_display_name("extract features (Feast, staged)")
     training_set = extract.outputs["training_set"]
 
     # Unchanged data, spec and code: the fingerprint names a version that exists; train nothing.
@@ -34,8 +34,10 @@ def training_pipeline(spec_yaml: str, tracking_uri: str, feature_repo: str, serv
         validate = validate_op(spec_yaml=spec_yaml, training_set=training_set)
         validate.set_display_name("validate (Great Expectations)")
 
-        materialize = materialize_op(spec_yaml=spec_yaml, feature_repo=feature_repo).after(validate)
-        materialize.set_display_name("materialize online store")
+        materialize = materialize_op(
+            spec_yaml=spec_yaml, feature_repo=feature_repo, feature_rows=extract.outputs["feature_rows"]
+        ).after(validate)
+        materialize.set_display_name("publish features + materialize online store")
 
         train = train_op(
             spec_yaml=spec_yaml,

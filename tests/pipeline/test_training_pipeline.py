@@ -154,3 +154,12 @@ def test_bad_data_stops_at_validate_with_a_report_and_registers_nothing(
     report_path = message.split("validation report: ")[1].strip()
     assert expected in Path(report_path).read_text()
     assert len(client.search_model_versions("name = 'churn'")) == before
+    # Write-audit-publish: the shared feature repo still holds the last validated definitions and rows.
+    from components import features
+
+    store = features.open_store(settings.feature_repo)
+    assert {f.name for f in store.get_feature_view("churn_features").features} == set(
+        load_spec(CHURN_SPEC).feature_names
+    )
+    online = features.online_features(store, load_spec(CHURN_SPEC), [1])
+    assert online["contract"][0] == "Month-to-month" and online["tenure"][0] == 1

@@ -135,13 +135,40 @@ class Evaluation(_Strict):
         return value
 
 
+class Range(_Strict):
+    """An allowed range for a gate's value; either end may be open, not both."""
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Range:
+        if self.min is None and self.max is None:
+            raise ValueError("give min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+
+class Gates(_Strict):
+    """What a canary must show at every step: its server error rate, and its p99 latency relative
+    to the champion's over the same interval."""
+
+    error_rate: Range = Range(max=0.01)
+    latency_p99_ratio: Range = Range(max=1.5)
+
+
 class Deployment(_Strict):
-    """How a promoted model is served: KServe mode, namespace, canary steps, resources."""
+    """How a promoted model is served and rolled out: KServe mode, namespace, canary steps, gates."""
 
     namespace: str = Field("models", pattern=DNS_LABEL)
     mode: Literal["Standard", "Knative"] = "Standard"
     canary_steps: list[int] = Field(default_factory=lambda: [10, 25, 50, 100])
     interval_seconds: int = Field(60, ge=1)
+    gates: Gates = Gates()
+    failure_limit: int = Field(2, ge=1, description="failed analyses before rolling back")
+    min_requests: int = Field(50, ge=1, description="canary requests per interval before a gate can pass")
+    manual_approval: bool = Field(False, description="wait for `shepherd rollout promote` before the last step")
     cpu: str = "500m"
     memory: str = "1Gi"
 

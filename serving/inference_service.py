@@ -33,8 +33,16 @@ SECURITY_CONTEXT = {
 
 
 def rollout_policy(spec: ModelSpec) -> dict:
-    """The declarative rollout policy, as stored on the object."""
-    return {"steps": spec.deployment.canary_steps, "intervalSeconds": spec.deployment.interval_seconds}
+    """The declarative rollout policy, as stored on the object (read back by serving.rollout)."""
+    d = spec.deployment
+    return {
+        "steps": d.canary_steps,
+        "intervalSeconds": d.interval_seconds,
+        "failureLimit": d.failure_limit,
+        "minRequests": d.min_requests,
+        "manualApproval": d.manual_approval,
+        "gates": {name: gate.model_dump(exclude_none=True) for name, gate in d.gates},
+    }
 
 
 def _predictor(spec: ModelSpec, version: str, image: str, payload_log_url: str | None = None):

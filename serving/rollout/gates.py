@@ -1,0 +1,108 @@
+"""Rollout gates in the style of Flagger: each returns pass, fail or inconclusive with a reason a
+person can read. "No data" is inconclusive (hold), never a pass; thresholds may be ranges."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Verdict(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+
+
+@dataclass(frozen=True)
+class GateResult:
+    gate: str
+    verdict: Verdict
+    reason: str
+    value: float | None = None
+
+
+@dataclass(frozen=True)
+class Window:
+    """What one revision did during the analysis interval (deltas, not lifetime totals)."""
+
+    requests: float
+    errors: float  # 5xx: the server's failures; a client's 4xx is not the canary's fault
+    latency_buckets: tuple[tuple[float, float], ...] = ()  # (upper bound, cumulative count), +Inf last
+
+    def quantile(self, q: float) -> float | None:
+        """Prometheus' histogram_quantile over the window's buckets (linear within a bucket)."""
+        if not self.latency_buckets or self.latency_buckets[-1][1] <= 0:
+            return None
+        total = self.latency_buckets[-1][1]
+        rank = q * total
+        lower_bound, lower_count = 0.0, 0.0
+        for bound, count in self.latency_buckets:
+            if count >= rank:
+                if math.isinf(bound):
+                    return lower_bound  # as Prometheus: the highest finite bound
+                if count == lower_count:
+                    return bound
+                return lower_bound + (bound - lower_bound) * (rank - lower_count) / (count - lower_count)
+            lower_bound, lower_count = bound, count
+        return lower_bound
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """An allowed range; either end may be open."""
+
+    min: float | None = None
+    max: float | None = None
+
+    def check(self, value: float) -> bool:
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+    def __str__(self) -> str:
+        if self.min is not None and self.max is not None:
+            return f"within [{self.min:g}, {self.max:g}]"
+        return f"≤ {self.max:g}" if self.max is not None else f"≥ {self.min:g}"
+
+
+def error_rate(canary: Window, threshold: Threshold, min_requests: int) -> GateResult:
+    """Share of the canary's requests that failed on the server side."""
+    if canary.requests < min_requests:
+        return GateResult(
+            "error_rate",
+            Verdict.INCONCLUSIVE,
+            f"canary served {canary.requests:.0f} requests, fewer than the {min_requests} needed",
+        )
+    rate = canary.errors / canary.requests
+    verdict = Verdict.PASS if threshold.check(rate) else Verdict.FAIL
+    return GateResult(
+        "error_rate",
+        verdict,
+        f"canary error rate {rate:.2%} ({canary.errors:.0f}/{canary.requests:.0f}), allowed {threshold}",
+        rate,
+    )
+
+
+def latency_ratio(
+    canary: Window, champion: Window, threshold: Threshold, min_requests: int, quantile: float = 0.99
+) -> GateResult:
+    """The canary's p99 latency relative to the champion's over the same interval."""
+    name = f"latency_p{round(quantile * 100)}_ratio"
+    if canary.requests < min_requests or champion.requests < min_requests:
+        return GateResult(
+            name,
+            Verdict.INCONCLUSIVE,
+            f"too few requests to compare latency "
+            f"(canary {canary.requests:.0f}, champion {champion.requests:.0f}; need {min_requests})",
+        )
+    ours, theirs = canary.quantile(quantile), champion.quantile(quantile)
+    if ours is None or theirs is None or theirs <= 0:
+        return GateResult(name, Verdict.INCONCLUSIVE, "no latency histogram for one of the revisions")
+    ratio = ours / theirs
+    verdict = Verdict.PASS if threshold.check(ratio) else Verdict.FAIL
+    return GateResult(
+        name,
+        verdict,
+        f"canary p{round(quantile * 100)} {ours * 1000:.1f} ms vs champion "
+        f"{theirs * 1000:.1f} ms = {ratio:.2f}x, allowed {threshold}",
+        ratio,
+    )

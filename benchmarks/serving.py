@@ -120,6 +120,7 @@ def main() -> None:
     from components.spec import load_spec
     from pipelines.direct import train_and_register
     from serving.local_plane import free_port
+    from serving.predictor import predictor_command
     from serving.traffic import instances
 
     spec = load_spec(REPO / "specs" / "churn.yaml")
@@ -169,24 +170,14 @@ def main() -> None:
             processes.append(process)
             return process
 
-        predictor = [
-            sys.executable,
-            "-m",
-            "serving.predictor",
-            "--model_name",
-            "churn",
-            "--model_uri",
-            "models:/churn/1",
-            "--tracking_uri",
-            uri,
-        ]
+        def predictor(name: str, *extra: str) -> list[str]:
+            return predictor_command("churn", "models:/churn/1", uri, ports[name], "champion", *extra)
+
         uvicorn = [sys.executable, "-m", "uvicorn", "--log-level", "warning", "--no-access-log", "--port"]
         kserve_constant = [sys.executable, "-m", "benchmarks.floor_app", str(ports["kserve-constant"])]
         servers = {
-            "shepherd": start("shepherd", [*predictor, "--http_port", str(ports["shepherd"])]),
-            "shepherd-verbose": start(
-                "shepherd-verbose", [*predictor, "--http_port", str(ports["shepherd-verbose"]), "--log_each_request"]
-            ),
+            "shepherd": start("shepherd", predictor("shepherd")),
+            "shepherd-verbose": start("shepherd-verbose", predictor("shepherd-verbose", "--log_each_request")),
             "mlserver": start("mlserver", [str(mlserver), "start", "."], cwd=work / "mlserver"),
             "kserve-constant": start("kserve-constant", kserve_constant),
             "fastapi-floor": start(

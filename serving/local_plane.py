@@ -26,7 +26,6 @@ import os
 import random
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -148,17 +147,10 @@ class Plane:
     def _start(self, isvc: str, model_uri: str, version: str, role: str) -> Revision:
         revision = Revision(f"{isvc}-v{version}", model_uri, version, role, free_port())
         log = open(self.dir / "logs" / f"{revision.name}.log", "a")  # noqa: SIM115 (owned by the child)
+        from serving.predictor import predictor_command
+
         revision.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "serving.predictor",
-                f"--model_name={isvc}",
-                f"--model_uri={model_uri}",
-                f"--tracking_uri={self.tracking_uri}",
-                f"--role={role}",
-                f"--http_port={revision.port}",
-            ],
+            predictor_command(isvc, model_uri, self.tracking_uri, revision.port, role),
             cwd=REPO_ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -13,6 +13,7 @@ import argparse
 import logging
 import logging.config
 import os
+import sys
 import tempfile
 import time
 import uuid
@@ -208,6 +209,23 @@ def feast_lookup(repo: str, spec: ModelSpec):
 
 def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+def predictor_command(
+    name: str, model_uri: str, tracking_uri: str, port: int, role: str = "champion", *extra: str
+) -> list[str]:
+    """The command line that serves `model_uri` as `name` on `port` (for process managers and tests)."""
+    return [
+        sys.executable,
+        "-m",
+        "serving.predictor",
+        f"--model_name={name}",
+        f"--model_uri={model_uri}",
+        f"--tracking_uri={tracking_uri}",
+        f"--role={role}",
+        f"--http_port={port}",
+        *extra,
+    ]
 
 
 def answer_schema_errors_with_400(app) -> None:

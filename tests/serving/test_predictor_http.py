@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 
 import httpx
@@ -14,6 +13,7 @@ import pytest
 
 from components import train
 from serving.local_plane import free_port
+from serving.predictor import predictor_command
 from tests.conftest import REPO
 
 ROWS = 8
@@ -25,20 +25,9 @@ def server(registered_churn, tmp_path_factory):
     # A file, not a pipe: an unread pipe fills up with access logs and blocks the server.
     log_path = tmp_path_factory.mktemp("predictor") / "predictor.log"
     log = open(log_path, "w")  # noqa: SIM115 (closed in teardown)
+    command = predictor_command("churn", "models:/churn@champion", registered_churn["tracking_uri"], port)
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "serving.predictor",
-            "--model_name",
-            "churn",
-            "--model_uri",
-            "models:/churn@champion",
-            "--tracking_uri",
-            registered_churn["tracking_uri"],
-            "--http_port",
-            str(port),
-        ],
+        command,
         cwd=REPO,
         stdout=log,
         stderr=subprocess.STDOUT,

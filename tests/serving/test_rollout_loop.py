@@ -1,0 +1,77 @@
+"""The rollout loop on the local plane: a healthy canary, under real traffic, is stepped up by the
+scraped gates and promoted; the MLflow aliases move with the traffic."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import yaml
+
+from components import registry
+from components.spec import parse_spec
+from pipelines.direct import train_and_register
+from serving.backends import LocalBackend, start_plane, stop_plane
+from serving.inference_service import build_inference_service
+from serving.local_plane import free_port
+from serving.rollout.loop import TAG_ROLLOUT, reconcile_once
+from serving.rollout.machine import Action
+from serving.traffic import instances, send
+
+
+@pytest.fixture(scope="module")
+def fast_spec(churn_spec):
+    data = yaml.safe_load(churn_spec.to_yaml())
+    data["deployment"].update(canary_steps=[10, 50, 100], interval_seconds=1, min_requests=20)
+    return parse_spec(yaml.safe_dump(data))
+
+
+@pytest.fixture(scope="module")
+def rollout_env(tmp_path_factory, fast_spec, churn_frame):
+    home = tmp_path_factory.mktemp("rollout")
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    assert train_and_register(fast_spec, churn_frame, uri, home).alias == "champion"
+    data = yaml.safe_load(fast_spec.to_yaml())
+    data["training"]["params"]["C"] = 0.5
+    assert train_and_register(parse_spec(yaml.safe_dump(data)), churn_frame, uri, home, "v2").alias == "challenger"
+    plane = start_plane(home, uri, free_port())
+    yield {"uri": uri, "plane": plane, "home": home}
+    stop_plane(home)
+
+
+def test_healthy_canary_is_stepped_up_and_promoted(rollout_env, fast_spec, churn_frame):
+    backend = LocalBackend(rollout_env["plane"].url)
+    backend.apply(build_inference_service(fast_spec, "2", champion_version="1", canary_percent=10))
+    rows = instances(fast_spec, churn_frame.head(200))
+    stop = threading.Event()
+
+    def keep_sending():
+        while not stop.is_set():
+            send(rollout_env["plane"].url, fast_spec, rows, 20)
+
+    sender = threading.Thread(target=keep_sending, daemon=True)
+    sender.start()
+    actions, deadline = [], time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            decision = reconcile_once(backend, rollout_env["uri"], "models", "churn", time.time())
+            if decision is None:
+                break
+            actions.append(decision.action)
+            time.sleep(1.2)
+    finally:
+        stop.set()
+        sender.join(timeout=30)
+    moves = [a for a in actions if a is not Action.HOLD]
+    assert moves == [Action.STEP, Action.STEP, Action.PROMOTE], actions
+
+    served = backend.get("models", "churn")
+    assert "canary" not in served["spec"]
+    assert served["spec"]["predictor"]["containers"][0]["args"][1] == "--model_uri=models:/churn/2"
+    assert [t["percent"] for t in served["status"]["components"]["predictor"]["traffic"]] == [100]
+    client = registry.connect(rollout_env["uri"])
+    assert str(client.get_model_version_by_alias("churn", "champion").version) == "2"
+    assert str(client.get_model_version_by_alias("churn", "previous").version) == "1"
+    assert "challenger" not in client.get_registered_model("churn").aliases
+    assert client.get_model_version("churn", "2").tags[TAG_ROLLOUT].startswith("promote")

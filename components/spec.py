@@ -22,8 +22,6 @@ from components.errors import SpecError
 HIGHER_IS_BETTER = frozenset({"roc_auc", "f1", "accuracy", "precision", "recall"})
 LOWER_IS_BETTER = frozenset({"log_loss", "brier", "ece"})
 METRICS = HIGHER_IS_BETTER | LOWER_IS_BETTER
-ALGORITHMS = ("logistic_regression", "hist_gradient_boosting", "random_forest")
-FAIRNESS_METRICS = ("demographic_parity_difference", "equalized_odds_difference")
 DNS_LABEL = r"^[a-z]([-a-z0-9]{0,40}[a-z0-9])?$"
 
 

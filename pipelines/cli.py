@@ -338,9 +338,9 @@ def status(home: HomeOption = None, tracking_uri: TrackingOption = None) -> None
         table.add_column(column)
     for obj in LocalBackend(plane.url).list():
         meta, st = obj["metadata"], obj["status"]
-        aliases = {}
-        for v in registry.list_versions(client, meta["name"]):
-            aliases[v.version] = ", ".join(f"@{a}" for a in v.aliases)
+        aliases: dict[str, str] = {}  # one registry call per model, not one per version
+        for alias, version in client.get_registered_model(meta["name"]).aliases.items():
+            aliases[str(version)] = ", ".join(filter(None, [aliases.get(str(version)), f"@{alias}"]))
         ready = next((c["status"] for c in st["conditions"] if c["type"] == "Ready"), "?")
         for t in st["components"]["predictor"]["traffic"]:
             version = t["revisionName"].rsplit("-v", 1)[-1]

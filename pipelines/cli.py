@@ -30,6 +30,8 @@ app = typer.Typer(
         "  shepherd run                      # the whole DAG locally on the bundled churn spec\n\n"
         "  shepherd models                   # versions, aliases and metrics in the registry\n\n"
         "  shepherd up / status / down       # a local serving plane for promoted models\n\n"
+        "  shepherd rollout watch            # step the canary up while its gates pass; promote or roll back\n\n"
+        "  shepherd history churn            # which version served when, and why\n\n"
         "  shepherd compile                  # the pipeline YAML a KFP server runs\n\n"
         "  shepherd submit --host URL ...    # run it on a KFP server\n\n"
         "State lives in $SHEPHERD_HOME (default ./.shepherd); MLFLOW_TRACKING_URI overrides the registry."
@@ -354,6 +356,10 @@ def status(home: HomeOption = None, tracking_uri: TrackingOption = None) -> None
                 st["url"],
             )
     out.print(table)
+
+
+# The rollout, drift and history commands live in their own module; importing it registers them.
+from pipelines import cli_rollout  # noqa: E402, F401
 
 
 def main() -> None:  # pragma: no cover - console entry

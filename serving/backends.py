@@ -29,6 +29,12 @@ class ServingError(ShepherdError):
     exit_code = 9
 
 
+class ConflictError(ServingError):
+    """The object changed since it was read (optimistic concurrency): read it again and re-decide."""
+
+    http_status = 409
+
+
 class ServingBackend(Protocol):
     def apply(self, obj: dict) -> dict:
         """Create or update an InferenceService; returns it with its status."""
@@ -39,6 +45,12 @@ class ServingBackend(Protocol):
     def list(self) -> list[dict]:
         """Every InferenceService with its status."""
 
+    def record_event(self, obj: dict, reason: str, message: str, warning: bool = False) -> None:
+        """Record what happened to the object (rollout transitions): Kubernetes Events on a cluster."""
+
+    def events(self, namespace: str, name: str) -> list[dict]:
+        """The recorded events of one object, oldest first: {time, reason, message, type}."""
+
 
 class LocalBackend:
     """The local serving plane's admin API."""
@@ -46,6 +58,7 @@ class LocalBackend:
     def __init__(self, url: str, timeout: float = 180):
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.drift_metrics_url = f"{self.url}/drift/metrics"  # the plane's drift service
 
     def _call(self, method: str, path: str, body: dict | None = None):
         import httpx
@@ -72,6 +85,15 @@ class LocalBackend:
     def list(self) -> list[dict]:
         return self._call("GET", f"{API}/inferenceservices").json()["items"]
 
+    def record_event(self, obj: dict, reason: str, message: str, warning: bool = False) -> None:
+        meta = obj["metadata"]
+        event = {"reason": reason, "message": message, "type": "Warning" if warning else "Normal"}
+        self._call("POST", f"{API}/namespaces/{meta['namespace']}/inferenceservices/{meta['name']}/events", event)
+
+    def events(self, namespace: str, name: str) -> list[dict]:
+        response = self._call("GET", f"{API}/namespaces/{namespace}/inferenceservices/{name}/events")
+        return response.json()["items"] if response.status_code == 200 else []
+
 
 class KubernetesBackend:
     """InferenceServices on a cluster through the `kubernetes` client."""
@@ -89,6 +111,7 @@ class KubernetesBackend:
                 config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
             api_client = client.ApiClient()
         self.api = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
         self.conflict_retries = conflict_retries
         self.conflicts_retried = 0
 
@@ -113,10 +136,23 @@ class KubernetesBackend:
         return self.api.list_cluster_custom_object(self.GROUP, self.VERSION, self.PLURAL)["items"]
 
     def apply(self, obj: dict) -> dict:
-        """Create, or replace the spec of, the object; a write that lost a race is re-read and retried."""
+        """Create, or replace the spec of, the object; a write that lost a race is re-read and retried.
+
+        An object carrying `metadata.resourceVersion` (the rollout loop's writes: decisions made from
+        what it read) is written only over that version; a conflict raises `ConflictError` instead."""
         from kubernetes.client.exceptions import ApiException
 
         namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+        if obj["metadata"].get("resourceVersion"):
+            try:
+                return self.api.replace_namespaced_custom_object(
+                    self.GROUP, self.VERSION, namespace, self.PLURAL, name, obj
+                )
+            except ApiException as exc:
+                if exc.status == 409:
+                    self.conflicts_retried += 1
+                    raise ConflictError(f"inferenceservice {namespace}/{name} changed since it was read") from exc
+                raise self._error("applying", name, exc) from exc
         for _ in range(self.conflict_retries + 1):
             current = self.get(namespace, name)
             try:
@@ -136,6 +172,47 @@ class KubernetesBackend:
                     raise self._error("applying", name, exc) from exc
                 self.conflicts_retried += 1
         raise ServingError(f"applying inferenceservice {name}: still conflicting after {self.conflict_retries} retries")
+
+    def record_event(self, obj: dict, reason: str, message: str, warning: bool = False) -> None:
+        from datetime import UTC, datetime
+
+        from kubernetes import client
+
+        meta = obj["metadata"]
+        now = datetime.now(UTC)
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
+            involved_object=client.V1ObjectReference(
+                api_version=f"{self.GROUP}/{self.VERSION}",
+                kind="InferenceService",
+                name=meta["name"],
+                namespace=meta["namespace"],
+                uid=meta.get("uid"),
+            ),
+            reason=reason,
+            message=message[:1024],
+            type="Warning" if warning else "Normal",
+            source=client.V1EventSource(component="shepherd-rollout"),
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+        )
+        self.core.create_namespaced_event(meta["namespace"], event)
+
+    def events(self, namespace: str, name: str) -> list[dict]:
+        items = self.core.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.name={name},involvedObject.kind=InferenceService"
+        ).items
+        out = [
+            {
+                "time": (e.last_timestamp or e.event_time or e.metadata.creation_timestamp).timestamp(),
+                "reason": e.reason,
+                "message": e.message,
+                "type": e.type,
+            }
+            for e in items
+        ]
+        return sorted(out, key=lambda e: e["time"])
 
 
 def backend_for(target: str) -> ServingBackend:

@@ -13,6 +13,10 @@ Admin API (what the `local` ServingBackend and `shepherd status` use):
   GET  /apis/serving.kserve.io/v1beta1/namespaces/<ns>/inferenceservices/<name>   object + status
   GET  /apis/serving.kserve.io/v1beta1/inferenceservices                          every object
   GET  /healthz
+
+The plane also runs the drift service (`monitoring.drift`) as a child process and serves it under
+`/drift/`: `POST /drift/` is the payload-logger URL the deploy step writes into objects it applies
+here, `GET /drift/metrics` its Prometheus metrics, `GET /drift/models/<name>[/report]` its results.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import os
 import random
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -52,6 +57,7 @@ class Revision:
     role: str  # champion | canary
     port: int
     process: subprocess.Popen | None = None
+    env: dict[str, str] = field(default_factory=dict)  # the container's SHEPHERD_* settings
 
     @property
     def url(self) -> str:
@@ -107,6 +113,20 @@ def desired_revisions(obj: dict) -> tuple[tuple[str, str], tuple[str, str] | Non
     return (predictor_uri, _version_of(predictor_uri)), None, 0
 
 
+def revision_env(obj: dict, role: str) -> dict[str, str]:
+    """The SHEPHERD_* environment the object sets on `role`'s predictor container (e.g. fault injection).
+    In Knative mode the object only describes the newest revision (the canary)."""
+    spec = obj["spec"]
+    if role == "canary":
+        predictor = spec["canary"][0]["predictor"] if spec.get("canary") else spec["predictor"]
+    elif spec.get("canary") or "canaryTrafficPercent" not in spec["predictor"]:
+        predictor = spec["predictor"]
+    else:
+        return {}
+    env = predictor["containers"][0].get("env") or []
+    return {e["name"]: str(e.get("value", "")) for e in env if e["name"].startswith("SHEPHERD_")}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -125,6 +145,23 @@ class Plane:
         self.url = url
         self.deployments: dict[str, Deployment] = {}
         self.lock = asyncio.Lock()
+        self.drift: Revision | None = None  # the drift service child process
+
+    async def start_drift_service(self, client) -> None:
+        port = free_port()
+        log = open(self.dir / "logs" / "drift.log", "a")  # noqa: SIM115 (owned by the child)
+        command = [sys.executable, "-m", "monitoring.drift", "--port", str(port), "--tracking-uri", self.tracking_uri]
+        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.drift = Revision("drift", "", "", "drift", port, process)
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"the drift service exited; see {self.dir / 'logs' / 'drift.log'}")
+            with contextlib.suppress(Exception):
+                if (await client.get(f"{self.drift.url}/healthz", timeout=1)).status_code == 200:
+                    return
+            await asyncio.sleep(0.25)
+        raise RuntimeError(f"the drift service did not answer within {READY_TIMEOUT_SECONDS} s")
 
     # -- persistence --------------------------------------------------------------------------
     def _save(self) -> None:
@@ -144,14 +181,15 @@ class Plane:
                 logger.error("could not restore %s: %s", obj["metadata"]["name"], exc)
 
     # -- revisions ----------------------------------------------------------------------------
-    def _start(self, isvc: str, model_uri: str, version: str, role: str) -> Revision:
-        revision = Revision(f"{isvc}-v{version}", model_uri, version, role, free_port())
+    def _start(self, isvc: str, model_uri: str, version: str, role: str, env: dict[str, str]) -> Revision:
+        revision = Revision(f"{isvc}-v{version}", model_uri, version, role, free_port(), env=env)
         log = open(self.dir / "logs" / f"{revision.name}.log", "a")  # noqa: SIM115 (owned by the child)
         from serving.predictor import predictor_command
 
         revision.process = subprocess.Popen(
             predictor_command(isvc, model_uri, self.tracking_uri, revision.port, role),
             cwd=REPO_ROOT,
+            env={**os.environ, **env},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -201,9 +239,13 @@ class Plane:
                 wanted.append((canary[0], canary[1], "canary"))
             revisions = {}
             for uri, version, role in wanted:
+                env = revision_env(obj, role)
                 rev = running.pop(uri, None)
+                if rev is not None and rev.env != env:
+                    running[uri] = rev  # same version, other settings: a new revision replaces it
+                    rev = None
                 if rev is None or rev.process is None or rev.process.poll() is not None:
-                    rev = self._start(meta["name"], uri, version, role)
+                    rev = self._start(meta["name"], uri, version, role, env)
                     await self._wait_ready(rev, client)
                 rev.role = role
                 revisions[role] = rev
@@ -225,6 +267,7 @@ class Plane:
         return deployment
 
     def shutdown(self) -> None:
+        self._stop(self.drift)
         for deployment in self.deployments.values():
             self._stop(deployment.champion)
             self._stop(deployment.canary)
@@ -290,6 +333,7 @@ def create_app(plane: Plane):
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
+        await plane.start_drift_service(client)
         await plane.restore()  # objects applied before a restart are served again
         yield
         # Here, not after uvicorn.run(): uvicorn re-raises SIGTERM once it has shut down.
@@ -331,6 +375,21 @@ def create_app(plane: Plane):
     async def infer_v2(name: str, request: Request) -> Response:
         return await _route(name, f"/v2/models/{name}/infer", request)
 
+    @app.api_route("/drift/{path:path}", methods=["GET", "POST"])
+    async def drift(path: str, request: Request) -> Response:
+        headers = {
+            k: v for k, v in request.headers.items() if k.lower().startswith("ce-") or k.lower() == "content-type"
+        }
+        upstream = await client.request(
+            request.method,
+            f"{plane.drift.url}/{path}",
+            content=await request.body(),
+            headers=headers,
+            params=request.query_params,
+            timeout=120,
+        )
+        return Response(upstream.content, upstream.status_code, media_type=upstream.headers.get("content-type"))
+
     @app.put(API + "/namespaces/{namespace}/inferenceservices/{name}")
     async def apply(namespace: str, name: str, request: Request) -> Response:
         try:
@@ -349,6 +408,32 @@ def create_app(plane: Plane):
             return JSONResponse({"error": str(exc)}, status_code=502)
         return JSONResponse(plane.with_status(deployment))
 
+    @app.post(API + "/namespaces/{namespace}/inferenceservices/{name}/events")
+    async def record_event(namespace: str, name: str, request: Request) -> Response:
+        try:
+            event = await request.json()
+            missing = [f for f in ("reason", "message", "type") if not isinstance(event.get(f), str)]
+            if missing:
+                raise ValueError(f"{', '.join(missing)}: required strings")
+        except ValueError as exc:
+            return JSONResponse({"error": f"invalid event: {exc}"}, status_code=400)
+        entry = {
+            "time": time.time(),
+            "namespace": namespace,
+            "name": name,
+            **{k: event[k] for k in ("reason", "message", "type")},
+        }
+        with open(plane.dir / "events.jsonl", "a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+        return JSONResponse(entry, status_code=201)
+
+    @app.get(API + "/namespaces/{namespace}/inferenceservices/{name}/events")
+    async def list_events(namespace: str, name: str) -> Response:
+        path = plane.dir / "events.jsonl"
+        lines = path.read_text().splitlines() if path.exists() else []
+        items = [e for e in map(json.loads, lines) if e["namespace"] == namespace and e["name"] == name]
+        return JSONResponse({"items": items})
+
     @app.get(API + "/namespaces/{namespace}/inferenceservices/{name}")
     async def get(namespace: str, name: str) -> Response:
         deployment = plane.deployments.get(f"{namespace}/{name}")
@@ -362,7 +447,7 @@ def create_app(plane: Plane):
 
     @app.get("/healthz")
     async def healthz() -> dict:
-        return {"status": "ok", "deployments": len(plane.deployments)}
+        return {"status": "ok", "deployments": len(plane.deployments), "drift": f"{plane.url}/drift/"}
 
     return app
 

@@ -13,6 +13,7 @@ import argparse
 import logging
 import logging.config
 import os
+import random
 import sys
 import tempfile
 import time
@@ -124,8 +125,15 @@ def _sklearn_scorer(client, version, spec: ModelSpec, tmp: str):
     return score
 
 
-def make_model(name: str, loaded: LoadedVersion, role: str, metrics: PredictorMetrics, lookup=None):
-    """The `kserve.Model` serving `loaded` under `name`."""
+# Fault injection for rollback drills: this share of requests fails with a 500 after parsing, as a
+# broken model would. Set on the predictor container (the local plane passes it through too).
+ENV_FAULT_ERROR_RATE = "SHEPHERD_FAULT_ERROR_RATE"
+
+
+def make_model(
+    name: str, loaded: LoadedVersion, role: str, metrics: PredictorMetrics, lookup=None, fault_error_rate: float = 0.0
+):
+    """The `kserve.Model` serving `loaded` under `name` (failing `fault_error_rate` of requests on purpose)."""
     import kserve
     from kserve.errors import InvalidInput
     from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
@@ -160,6 +168,8 @@ def make_model(name: str, loaded: LoadedVersion, role: str, metrics: PredictorMe
         def predict(self, parsed, headers=None):
             protocol, request_id, columns, started = parsed
             try:
+                if fault_error_rate and random.random() < fault_error_rate:
+                    raise RuntimeError(f"injected fault ({ENV_FAULT_ERROR_RATE}={fault_error_rate:g})")
                 proba = loaded.score(to_model_inputs(spec, columns))
             except Exception:
                 requests["error"].inc()
@@ -264,7 +274,16 @@ def main(argv: list[str] | None = None) -> int:
         help="KServe's per-request log lines (latency trace + access log); off by default: they cost about a "
         "third of the throughput and the Prometheus metrics carry the same facts",
     )
+    parser.add_argument(
+        "--fault_error_rate",
+        type=float,
+        default=float(os.environ.get(ENV_FAULT_ERROR_RATE, "0") or 0),
+        help=f"fail this share (0..1) of requests with a 500, for rollback drills [env: {ENV_FAULT_ERROR_RATE}]",
+    )
     args, _ = parser.parse_known_args(argv)
+    if not 0.0 <= args.fault_error_rate <= 1.0:
+        print(f"error: --fault_error_rate must be within 0..1, got {args.fault_error_rate}", flush=True)
+        return 2
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not tracking_uri:
         print("error: --tracking_uri or MLFLOW_TRACKING_URI is required", flush=True)
@@ -275,7 +294,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", flush=True)
         return exc.exit_code
     lookup = feast_lookup(args.feature_repo, loaded.spec) if args.feature_repo else None
-    model = make_model(args.model_name, loaded, args.role, PredictorMetrics.create(REGISTRY), lookup)
+    metrics = PredictorMetrics.create(REGISTRY)
+    model = make_model(args.model_name, loaded, args.role, metrics, lookup, args.fault_error_rate)
+    if args.fault_error_rate:
+        logger.warning("fault injection: %.0f %% of requests will fail with a 500", 100 * args.fault_error_rate)
     model.load()
     logger.info("serving %s v%s (%s) as %s", loaded.spec.name, loaded.version, loaded.serving_format, args.role)
     answer_schema_errors_with_400(model_server.app)

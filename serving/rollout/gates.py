@@ -106,3 +106,32 @@ def latency_ratio(
         f"{theirs * 1000:.1f} ms = {ratio:.2f}x, allowed {threshold}",
         ratio,
     )
+
+
+def drift_share(share: float | None, threshold: Threshold) -> GateResult:
+    """Share of the canary's input features whose distribution moved from the training reference."""
+    if share is None:
+        return GateResult(
+            "drift_share", Verdict.INCONCLUSIVE, "the drift service has no result for the canary yet (too few rows)"
+        )
+    verdict = Verdict.PASS if threshold.check(share) else Verdict.FAIL
+    return GateResult(
+        "drift_share",
+        verdict,
+        f"{share:.0%} of the canary's features drifted from training, allowed {threshold}",
+        share,
+    )
+
+
+def prediction_psi(psi: float | None, threshold: Threshold) -> GateResult:
+    """How far the canary's predicted probabilities moved from the champion's (PSI over the same traffic)."""
+    if psi is None:
+        return GateResult(
+            "prediction_psi",
+            Verdict.INCONCLUSIVE,
+            "the drift service has no canary-vs-champion comparison yet (too few rows)",
+        )
+    verdict = Verdict.PASS if threshold.check(psi) else Verdict.FAIL
+    return GateResult(
+        "prediction_psi", verdict, f"canary predictions vs champion PSI {psi:.3f}, allowed {threshold}", psi
+    )

@@ -8,12 +8,36 @@ process can run the next reconcile after a restart.
 from __future__ import annotations
 
 import copy
+import logging
+import time
+from dataclasses import replace
 
 from components import registry
+from serving.backends import ConflictError
 from serving.inference_service import ANNOTATION_CHAMPION, ANNOTATION_POLICY, ANNOTATION_VERSION
 from serving.rollout import scrape
-from serving.rollout.gates import Threshold, error_rate, latency_ratio
-from serving.rollout.machine import ANNOTATION_STATE, Action, Decision, Policy, State, decide
+from serving.rollout.gates import (
+    GateResult,
+    Threshold,
+    drift_share,
+    error_rate,
+    latency_ratio,
+    prediction_psi,
+)
+from serving.rollout.machine import (
+    ANNOTATION_STATE,
+    TERMINAL,
+    Action,
+    Decision,
+    Phase,
+    Policy,
+    State,
+    decide,
+    rollback_now,
+)
+from serving.rollout.providers import MetricsProvider, MetricsUnavailable, Revision, ScrapeProvider
+
+logger = logging.getLogger("shepherd.rollout")
 
 TAG_ROLLOUT = "shepherd.rollout"  # on the canary's version: how its rollout ended, and why
 
@@ -47,19 +71,37 @@ def promoted(obj: dict) -> dict:
     return obj
 
 
-def _revisions(obj: dict) -> dict[str, dict]:
-    """role -> {url, version} from the status the plane (or KServe) reports."""
+def revisions(obj: dict) -> dict[str, Revision]:
+    """role -> Revision, from the status the plane (or KServe) reports and the object's annotations."""
+    annotations = obj["metadata"].get("annotations", {})
+    versions = {"canary": annotations.get(ANNOTATION_VERSION), "champion": annotations.get(ANNOTATION_CHAMPION)}
     traffic = obj.get("status", {}).get("components", {}).get("predictor", {}).get("traffic", [])
-    out = {}
+    urls = {}
     for entry in traffic:
         role = "canary" if entry.get("latestRevision") and len(traffic) > 1 else "champion"
-        out[role] = {"url": entry.get("url"), "version": entry["revisionName"].rsplit("-v", 1)[-1]}
-    return out
+        urls[role] = entry.get("url")
+    return {role: Revision(role, str(version), urls.get(role)) for role, version in versions.items() if version}
 
 
-def _measure(obj: dict) -> dict[str, scrape.Counters]:
-    model = obj["metadata"]["name"]
-    return {role: scrape.scrape(rev["url"], model, rev["version"]) for role, rev in _revisions(obj).items()}
+def has_payload_logger(obj: dict) -> bool:
+    spec = obj["spec"]
+    predictors = [spec["predictor"], *(c["predictor"] for c in spec.get("canary", []))]
+    return any((p.get("logger") or {}).get("url") for p in predictors)
+
+
+def analyse(provider: MetricsProvider, obj: dict, policy: Policy, measurement) -> list[GateResult]:
+    """Every gate of the policy over this interval's measurement."""
+    canary, champion = measurement.canary, measurement.champion
+    gates = policy.gates
+    results = [
+        error_rate(canary, gates.get("error_rate", Threshold(max=0.01)), policy.min_requests),
+        latency_ratio(canary, champion, gates.get("latency_p99_ratio", Threshold(max=1.5)), policy.min_requests),
+    ]
+    if has_payload_logger(obj):  # without payload logs there is no drift to measure, ever: not a gate then
+        reading = provider.drift(obj["metadata"]["name"], revisions(obj)["canary"].version)
+        results.append(drift_share(reading.share_vs_training, gates.get("drift_share", Threshold(max=0.5))))
+        results.append(prediction_psi(reading.prediction_psi, gates.get("prediction_psi", Threshold(max=0.25))))
+    return results
 
 
 def _move_aliases(tracking_uri: str, name: str, decision: Decision) -> None:
@@ -69,60 +111,135 @@ def _move_aliases(tracking_uri: str, name: str, decision: Decision) -> None:
         client.set_registered_model_alias(name, registry.PREVIOUS, state.champion_version)
         client.set_registered_model_alias(name, registry.CHAMPION, state.canary_version)
     if decision.action in (Action.PROMOTE, Action.ROLLBACK):
-        client.delete_registered_model_alias(name, registry.CHALLENGER)
+        # The champion alias never moved during the rollout: a rollback leaves it where it was.
+        if registry.CHALLENGER in client.get_registered_model(name).aliases:
+            client.delete_registered_model_alias(name, registry.CHALLENGER)
         client.set_model_version_tag(name, state.canary_version, TAG_ROLLOUT, f"{decision.action}: {decision.reason}")
 
 
 def reconcile_once(
-    backend, tracking_uri: str, namespace: str, name: str, now: float, approved: bool = False
+    backend,
+    tracking_uri: str,
+    namespace: str,
+    name: str,
+    now: float | None = None,
+    approved: bool = False,
+    provider: MetricsProvider | None = None,
+    metrics=None,
 ) -> Decision | None:
-    """Advance the rollout of `namespace/name` by at most one decision; None if nothing is rolling out."""
+    """Advance the rollout of `namespace/name` by at most one decision; None if nothing is rolling out.
+
+    `provider` defaults to scraping the revisions (and, on the local plane, its drift service);
+    `metrics` (a `RolloutMetrics`) is updated with the phase, traffic and gate verdicts."""
+    now = time.time() if now is None else now
     obj = backend.get(namespace, name)
     if obj is None or canary_percent(obj) is None:
         return None
+    provider = provider or ScrapeProvider(getattr(backend, "drift_metrics_url", None))
     annotations = obj["metadata"]["annotations"]
     policy = Policy.from_annotation(annotations[ANNOTATION_POLICY])
+    roles = revisions(obj)
     if ANNOTATION_STATE not in annotations:
-        # First sight of this canary: start the clock and the metric baseline.
+        # First sight of this canary: start the clock (and, for scraping, the metric baseline).
         percent = canary_percent(obj)
         step = policy.steps.index(percent) if percent in policy.steps else 0
-        state = State(
-            annotations[ANNOTATION_VERSION],
-            annotations[ANNOTATION_CHAMPION],
-            step=step,
-            step_started=now,
-            reason="rollout started",
-        )
-        decision = Decision(Action.HOLD, state, "rollout started")
-        _write(backend, obj, decision, _measure(obj), policy)
+        state = State(roles["canary"].version, roles["champion"].version, step=step, step_started=now)
+        decision = Decision(Action.HOLD, state, f"rollout started: canary v{state.canary_version} at {percent} %")
+        baseline = provider.measure(name, roles, policy.interval_seconds, None).baseline
+        _write(backend, obj, decision, baseline, policy)
+        _record(backend, obj, decision, "start", metrics, policy)
         return decision
 
     state = State.from_annotation(annotations[ANNOTATION_STATE])
-    baseline = scrape.baseline_from_annotation(annotations.get(scrape.ANNOTATION_BASELINE, "{}"))
-    current = _measure(obj)
-    canary = current["canary"].minus(baseline.get("canary", scrape.Counters()))
-    champion = current["champion"].minus(baseline.get("champion", scrape.Counters()))
-    if champion.requests < policy.min_requests:
-        # At 100 % the champion serves nothing: compare with everything it served before instead.
-        champion = current["champion"].minus(scrape.Counters())
-    gates = policy.gates
-    results = [
-        error_rate(canary, gates.get("error_rate", Threshold(max=0.01)), policy.min_requests),
-        latency_ratio(canary, champion, gates.get("latency_p99_ratio", Threshold(max=1.5)), policy.min_requests),
-    ]
+    if state.phase in TERMINAL:
+        return Decision(Action.HOLD, state, f"rollout already {state.phase}")
+    stored = annotations.get(scrape.ANNOTATION_BASELINE)
+    baseline = scrape.baseline_from_annotation(stored) if stored else None
+    try:
+        measurement = provider.measure(name, roles, policy.interval_seconds, baseline)
+        if measurement.baseline is not None and measurement.champion.requests < policy.min_requests:
+            # At 100 % the champion serves nothing: compare with everything it served before instead.
+            lifetime = measurement.baseline["champion"].minus(scrape.Counters())
+            measurement = replace(measurement, champion=lifetime)
+        results = analyse(provider, obj, policy, measurement)
+    except MetricsUnavailable as exc:
+        # "Query failed" is not "no data": hold, say why, and let the next reconcile try again.
+        return Decision(Action.HOLD, state, f"metrics unavailable, holding: {exc}")
+    if metrics is not None:
+        metrics.gates(name, results)
     decision = decide(policy, state, results, now, approved)
     if decision.action is Action.HOLD and decision.state == state:
         return decision
     new_interval = decision.state.step_started != state.step_started
-    _write(backend, obj, decision, current if new_interval else baseline, policy)
+    try:
+        _write(backend, obj, decision, measurement.baseline if new_interval else baseline, policy)
+    except ConflictError as exc:
+        return Decision(Action.HOLD, state, f"not written: {exc}; deciding again on the next reconcile")
     _move_aliases(tracking_uri, name, decision)
+    _record(backend, obj, decision, str(decision.action), metrics, policy)
     return decision
 
 
-def _write(backend, obj: dict, decision: Decision, baseline: dict, policy: Policy) -> None:
+def operate(backend, tracking_uri: str, namespace: str, name: str, command: str, reason: str = "") -> Decision:
+    """What a person asks of a rollout: `rollback`, `pause`, `resume`, or `approve` the last step (it
+    still needs its gates to pass)."""
+    obj = backend.get(namespace, name)
+    if obj is None or canary_percent(obj) is None or ANNOTATION_STATE not in obj["metadata"]["annotations"]:
+        raise LookupError(f"no rollout in progress for {namespace}/{name}")
+    annotations = obj["metadata"]["annotations"]
+    policy = Policy.from_annotation(annotations[ANNOTATION_POLICY])
+    state = State.from_annotation(annotations[ANNOTATION_STATE])
+    if state.phase in TERMINAL:
+        return Decision(Action.HOLD, state, f"rollout already {state.phase}")
+    now = time.time()
+    if command == "rollback":
+        decision = rollback_now(state, now, reason or "rolled back by an operator")
+    elif command == "pause":
+        entry = {"time": now, "action": "pause", "reason": reason or "paused by an operator", "step": state.step}
+        new = replace(state, phase=Phase.PAUSED, reason=entry["reason"], history=[*state.history, entry])
+        decision = Decision(Action.HOLD, new, entry["reason"])
+    elif command == "resume":
+        entry = {"time": now, "action": "resume", "reason": reason or "resumed by an operator", "step": state.step}
+        new = replace(
+            state, phase=Phase.PROGRESSING, step_started=now, reason=entry["reason"], history=[*state.history, entry]
+        )
+        decision = Decision(Action.HOLD, new, entry["reason"])
+    elif command == "approve":
+        entry = {"time": now, "action": "approve", "reason": reason or "last step approved", "step": state.step}
+        new = replace(state, approved=True, reason=entry["reason"], history=[*state.history, entry])
+        decision = Decision(Action.HOLD, new, entry["reason"])
+    else:
+        raise ValueError(f"unknown rollout command {command!r}; expected rollback, pause, resume or approve")
+    if decision.state == state:
+        return decision
+    stored = annotations.get(scrape.ANNOTATION_BASELINE)
+    _write(backend, obj, decision, scrape.baseline_from_annotation(stored) if stored else None, policy)
+    _move_aliases(tracking_uri, name, decision)
+    _record(backend, obj, decision, command, None, policy)
+    return decision
+
+
+def _record(backend, obj: dict, decision: Decision, action: str, metrics, policy: Policy) -> None:
+    """Every transition: a log line, an event on the backend (Kubernetes Events on a cluster), metrics."""
+    meta = obj["metadata"]
+    state = decision.state
+    message = f"v{state.canary_version}: {decision.reason}"
+    logger.info("%s/%s %s %s", meta.get("namespace"), meta["name"], action, message)
+    record = getattr(backend, "record_event", None)
+    if record is not None:
+        warning = decision.action is Action.ROLLBACK
+        record(obj, reason=f"Rollout{action.title().replace('-', '')}", message=message, warning=warning)
+    if metrics is not None:
+        metrics.transition(meta["name"], action, state.phase, decision.traffic(policy))
+
+
+def _write(backend, obj: dict, decision: Decision, baseline: dict | None, policy: Policy) -> None:
     new = promoted(obj) if decision.action is Action.PROMOTE else with_canary_percent(obj, decision.traffic(policy))
     new.pop("status", None)
-    new["metadata"] = {k: v for k, v in new["metadata"].items() if k in ("name", "namespace", "labels", "annotations")}
+    # resourceVersion: written only over what was read; a concurrent change makes the backend refuse.
+    kept = ("name", "namespace", "labels", "annotations", "resourceVersion")
+    new["metadata"] = {k: v for k, v in new["metadata"].items() if k in kept}
     new["metadata"]["annotations"][ANNOTATION_STATE] = decision.state.to_annotation()
-    new["metadata"]["annotations"][scrape.ANNOTATION_BASELINE] = scrape.baseline_to_annotation(baseline)
+    if baseline is not None:
+        new["metadata"]["annotations"][scrape.ANNOTATION_BASELINE] = scrape.baseline_to_annotation(baseline)
     backend.apply(new)

@@ -69,6 +69,7 @@ class State:
     step_started: float = 0.0  # unix seconds
     reason: str = ""
     history: list[dict] = field(default_factory=list)
+    approved: bool = False  # an operator approved the last step (`shepherd rollout promote`)
 
     def to_annotation(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -143,7 +144,7 @@ def decide(policy: Policy, state: State, results: list[GateResult], now: float, 
     last = len(policy.steps) - 1
     if state.step >= last:
         return _transition(state, Action.PROMOTE, now, "every gate passed at full traffic", phase=Phase.PROMOTED)
-    if state.step + 1 == last and policy.manual_approval and not approved:
+    if state.step + 1 == last and policy.manual_approval and not (approved or state.approved):
         if state.phase is Phase.AWAITING_APPROVAL:
             return Decision(Action.HOLD, state, "waiting for approval before the last step")
         return _transition(

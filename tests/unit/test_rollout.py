@@ -130,3 +130,43 @@ def test_an_alert_rolls_back_at_once(policy):
     decision = rollback_now(State("2", "1", step=1, step_started=1000), now=1001, reason="alert CanaryErrorRate fired")
     assert decision.action is Action.ROLLBACK and decision.traffic(policy) == 0
     assert json.loads(decision.state.to_annotation())["phase"] == "rolled-back"
+
+
+def test_an_approval_stored_on_the_state_survives_a_restart(policy):
+    from dataclasses import replace
+
+    gated = Policy(**{**policy.__dict__, "manual_approval": True})
+    waiting = decide(gated, State("2", "1", step=2, step_started=0), PASS, now=60).state
+    approved = State.from_annotation(replace(waiting, approved=True).to_annotation())  # what `promote` writes
+    assert decide(gated, approved, PASS, now=120).action is Action.STEP
+
+
+@pytest.mark.parametrize(
+    ("share", "verdict"),
+    [(None, Verdict.INCONCLUSIVE), (0.0, Verdict.PASS), (0.5, Verdict.PASS), (0.51, Verdict.FAIL)],
+)
+def test_drift_share_gate(share, verdict):
+    from serving.rollout.gates import drift_share
+
+    result = drift_share(share, Threshold(max=0.5))
+    assert result.verdict is verdict
+    assert ("no result" in result.reason) if share is None else "drifted from training" in result.reason
+
+
+@pytest.mark.parametrize(
+    ("psi", "verdict"), [(None, Verdict.INCONCLUSIVE), (0.25, Verdict.PASS), (0.2501, Verdict.FAIL)]
+)
+def test_prediction_psi_gate_boundary(psi, verdict):
+    from serving.rollout.gates import prediction_psi
+
+    result = prediction_psi(psi, Threshold(max=0.25))
+    assert result.verdict is verdict
+    if psi is not None:
+        assert f"PSI {psi:.3f}" in result.reason and "allowed ≤ 0.25" in result.reason
+
+
+def test_the_policy_on_the_object_carries_the_drift_gates(churn_spec):
+    obj = build_inference_service(churn_spec, "2", champion_version="1", canary_percent=10)
+    policy = Policy.from_annotation(obj["metadata"]["annotations"][ANNOTATION_POLICY])
+    assert policy.gates["drift_share"] == Threshold(max=0.5)
+    assert policy.gates["prediction_psi"] == Threshold(max=0.25)

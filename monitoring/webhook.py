@@ -1,0 +1,268 @@
+"""The alert webhook: Alertmanager calls it, Shepherd acts.
+
+Alerts carry `shepherd_action` (see `monitoring/rules.py`):
+- `rollback` (canary error rate, latency, drift): the canary goes to 0 % at once, the aliases stay
+  with the champion, the version is tagged with the alert as the reason;
+- `retrain` (drift on the champion): a training run of the model's stored spec starts — a local run,
+  or a KFP run on a cluster — at most one per model per `cooldown` (an alert storm starts one run);
+- anything else is acknowledged and logged.
+
+Every request needs `Authorization: Bearer <token>`; without a configured token the webhook does not
+start. A malformed body is a 400 naming the field; nothing here answers a client's mistake with a 5xx.
+
+  POST /alerts     Alertmanager webhook payload (version 4)
+  GET  /healthz
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Module level: FastAPI resolves the handlers' (string) annotations in this module's globals.
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from monitoring.metrics import ALERT_ACTION_LABEL
+
+logger = logging.getLogger("shepherd.webhook")
+
+ENV_TOKEN = "SHEPHERD_WEBHOOK_TOKEN"
+ENV_NAMESPACE = "SHEPHERD_NAMESPACE"
+ENV_KFP_HOST = "SHEPHERD_KFP_HOST"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class BadPayload(ValueError):
+    """The body is not an Alertmanager webhook payload; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Alert:
+    name: str
+    status: str  # firing | resolved
+    action: str
+    model: str | None
+    namespace: str | None
+    summary: str
+
+
+def parse_alerts(body: object) -> list[Alert]:
+    """The alerts of an Alertmanager webhook payload (version 4)."""
+    if not isinstance(body, dict):
+        raise BadPayload("body: expected a JSON object (Alertmanager webhook payload)")
+    alerts = body.get("alerts")
+    if not isinstance(alerts, list):
+        raise BadPayload("alerts: required, a list")
+    out = []
+    for i, alert in enumerate(alerts):
+        if not isinstance(alert, dict) or not isinstance(alert.get("labels"), dict):
+            raise BadPayload(f"alerts[{i}].labels: required, an object")
+        labels, annotations = alert["labels"], alert.get("annotations") or {}
+        if "alertname" not in labels:
+            raise BadPayload(f"alerts[{i}].labels.alertname: required")
+        status = alert.get("status", body.get("status"))
+        if status not in ("firing", "resolved"):
+            raise BadPayload(f"alerts[{i}].status: {status!r}; expected firing or resolved")
+        out.append(
+            Alert(
+                name=labels["alertname"],
+                status=status,
+                action=labels.get(ALERT_ACTION_LABEL, "none"),
+                model=labels.get("model"),
+                namespace=labels.get("namespace"),
+                summary=annotations.get("summary", ""),
+            )
+        )
+    return out
+
+
+class LocalRetrainer:
+    """A training run on this machine: `shepherd run` of the champion's stored spec, in the background."""
+
+    def __init__(self, home: Path, tracking_uri: str):
+        self.home = home  # the run deploys to the plane serving this home, if one is up
+        self.tracking_uri = tracking_uri
+
+    def __call__(self, model: str, reason: str) -> str:
+        spec_path = _champion_spec(self.tracking_uri, model, self.home / "retrain")
+        log = self.home / "retrain" / f"{model}-{int(time.time())}.log"
+        command = [sys.executable, "-m", "pipelines.cli", "run", "--spec", str(spec_path), "--home", str(self.home)]
+        command += ["--tracking-uri", self.tracking_uri]
+        with open(log, "w") as handle:
+            handle.write(f"# retraining {model}: {reason}\n")
+        process = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            stdout=open(log, "a"),  # noqa: SIM115 (owned by the child)
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "MLFLOW_TRACKING_URI": self.tracking_uri},
+        )
+        return f"local run pid {process.pid}, log {log}"
+
+
+class KfpRetrainer:
+    """A run of the compiled training pipeline on a KFP server, with the champion's stored spec."""
+
+    def __init__(self, host: str, tracking_uri: str, pipeline_package: Path):
+        self.host = host
+        self.tracking_uri = tracking_uri
+        self.package = pipeline_package
+
+    def __call__(self, model: str, reason: str) -> str:
+        import kfp
+
+        with tempfile.TemporaryDirectory() as tmp:
+            spec_yaml = _champion_spec(self.tracking_uri, model, Path(tmp)).read_text()
+        run = kfp.Client(host=self.host).create_run_from_pipeline_package(
+            str(self.package),
+            arguments={"spec_yaml": spec_yaml, "tracking_uri": self.tracking_uri, "serving_target": "kubernetes"},
+            run_name=f"{model}-retrain-{int(time.time())}",
+        )
+        return f"KFP run {run.run_id}"
+
+
+def _champion_spec(tracking_uri: str, model: str, directory: Path) -> Path:
+    from components import registry
+
+    directory.mkdir(parents=True, exist_ok=True)
+    client = registry.connect(tracking_uri)
+    champion = registry.champion_version(client, model)
+    if champion is None:
+        raise LookupError(f"model {model!r} has no @champion to retrain from")
+    return Path(client.download_artifacts(champion.run_id, registry.SPEC_ARTIFACT, str(directory)))
+
+
+@dataclass
+class AlertActions:
+    """What each alert makes Shepherd do, with de-duplication."""
+
+    backend: object
+    tracking_uri: str
+    namespace: str
+    retrain: Callable[[str, str], str]
+    cooldown_seconds: float = 3600
+    _retrained: dict[str, float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def handle(self, alerts: list[Alert]) -> list[dict]:
+        return [{"alert": a.name, "model": a.model, **self._one(a)} for a in alerts]
+
+    def _one(self, alert: Alert) -> dict:
+        from serving.rollout.loop import operate
+        from serving.rollout.machine import Action
+
+        if alert.status != "firing":
+            return {"outcome": "ignored", "detail": "resolved"}
+        if alert.action not in ("rollback", "retrain"):
+            return {"outcome": "ignored", "detail": f"{ALERT_ACTION_LABEL}={alert.action!r} asks for no action"}
+        if not alert.model:
+            return {"outcome": "ignored", "detail": "the alert has no `model` label"}
+        reason = f"alert {alert.name}" + (f": {alert.summary}" if alert.summary else "")
+        if alert.action == "rollback":
+            try:
+                decision = operate(
+                    self.backend, self.tracking_uri, alert.namespace or self.namespace, alert.model, "rollback", reason
+                )
+            except LookupError as exc:
+                return {"outcome": "ignored", "detail": str(exc)}
+            if decision.action is Action.ROLLBACK:
+                logger.warning("rolled back %s v%s: %s", alert.model, decision.state.canary_version, reason)
+                return {"outcome": "rolled-back", "version": decision.state.canary_version}
+            return {"outcome": "ignored", "detail": decision.reason}
+        with self._lock:
+            last = self._retrained.get(alert.model)
+            if last is not None and time.time() - last < self.cooldown_seconds:
+                return {"outcome": "deduplicated", "detail": f"a retraining run started {time.time() - last:.0f} s ago"}
+            self._retrained[alert.model] = time.time()
+        try:
+            started = self.retrain(alert.model, reason)
+        except Exception as exc:
+            with self._lock:
+                self._retrained.pop(alert.model, None)  # let the next notification try again
+            logger.error("retraining %s failed to start: %s", alert.model, exc)
+            return {"outcome": "failed", "detail": str(exc)}
+        logger.warning("retraining %s (%s): %s", alert.model, reason, started)
+        return {"outcome": "retraining", "detail": started}
+
+
+def create_app(actions: AlertActions, token: str) -> FastAPI:
+    if not token:
+        raise ValueError("the webhook needs a bearer token; refusing to accept unauthenticated alerts")
+    expected = f"Bearer {token}".encode()
+    app = FastAPI(title="Shepherd alert webhook")
+
+    @app.post("/alerts")
+    async def alerts(request: Request) -> Response:
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            return JSONResponse(
+                {"error": "authorization: a valid bearer token is required"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        try:
+            parsed = parse_alerts(await request.json())
+        except ValueError as exc:  # BadPayload, or a body that is not JSON
+            return JSONResponse({"error": str(exc) if isinstance(exc, BadPayload) else "body: not JSON"}, 400)
+        import asyncio
+
+        results = await asyncio.to_thread(actions.handle, parsed)
+        return JSONResponse({"results": results})
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    import uvicorn
+
+    from serving.backends import backend_for
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 in a container")
+    parser.add_argument("--token-file", type=Path, help=f"file holding the bearer token [or env: {ENV_TOKEN}]")
+    parser.add_argument(
+        "--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"), help="[env: MLFLOW_TRACKING_URI]"
+    )
+    parser.add_argument("--backend", default="kubernetes", help="'kubernetes' or the local serving plane's URL")
+    parser.add_argument("--namespace", default=os.environ.get(ENV_NAMESPACE, "models"), help="for alerts without one")
+    parser.add_argument(
+        "--kfp-host", default=os.environ.get(ENV_KFP_HOST), help="retrain on KFP [env: SHEPHERD_KFP_HOST]"
+    )
+    parser.add_argument("--home", type=Path, default=Path(".shepherd"), help="local retraining runs' home")
+    parser.add_argument("--cooldown-seconds", type=float, default=3600, help="at most one retraining per model per ...")
+    args = parser.parse_args(argv)
+    token = args.token_file.read_text().strip() if args.token_file else os.environ.get(ENV_TOKEN, "")
+    if not token:
+        parser.error(f"a bearer token is required: --token-file or {ENV_TOKEN}")
+    if not args.tracking_uri:
+        parser.error("--tracking-uri or MLFLOW_TRACKING_URI is required")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.kfp_host:
+        retrain = KfpRetrainer(args.kfp_host, args.tracking_uri, REPO_ROOT / "pipelines" / "training_pipeline.yaml")
+    else:
+        retrain = LocalRetrainer(args.home.resolve(), args.tracking_uri)
+    actions = AlertActions(backend_for(args.backend), args.tracking_uri, args.namespace, retrain, args.cooldown_seconds)
+    uvicorn.run(create_app(actions, token), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    raise SystemExit(main())

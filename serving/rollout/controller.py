@@ -1,0 +1,98 @@
+"""The rollout controller: reconcile every InferenceService with a canary, forever.
+
+Runs in the Helm chart's `rollout-controller` Deployment (`shepherd rollout controller`) and, on one
+machine, behind `shepherd rollout watch`. Single active replica by design: all state is on the
+objects, so a restarted (or rescheduled) controller resumes where the last one stopped, and every
+write carries the resourceVersion it read, so an accidental second replica cannot corrupt a rollout.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from monitoring.metrics import (
+    ROLLOUT_CANARY_PERCENT,
+    ROLLOUT_GATE_VERDICT,
+    ROLLOUT_PHASE,
+    ROLLOUT_TRANSITIONS_TOTAL,
+)
+from serving.rollout.gates import GateResult, Verdict
+from serving.rollout.loop import canary_percent, reconcile_once
+from serving.rollout.machine import Decision, Phase
+
+logger = logging.getLogger("shepherd.rollout")
+
+
+class RolloutMetrics:
+    """What each model's rollout is doing, for dashboards and alerts."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.registry = registry
+        self.percent = Gauge(ROLLOUT_CANARY_PERCENT, "Canary traffic share (0-100).", ["model"], registry=registry)
+        self.phase = Gauge(ROLLOUT_PHASE, "1 for the rollout's current phase.", ["model", "phase"], registry=registry)
+        self.verdict = Gauge(
+            ROLLOUT_GATE_VERDICT, "1 for each gate's last verdict.", ["model", "gate", "verdict"], registry=registry
+        )
+        self.transitions = Counter(
+            ROLLOUT_TRANSITIONS_TOTAL.removesuffix("_total"),
+            "Rollout transitions (start, step, promote, rollback, pause, ...).",
+            ["model", "action"],
+            registry=registry,
+        )
+
+    def gates(self, model: str, results: list[GateResult]) -> None:
+        for result in results:
+            for verdict in Verdict:
+                self.verdict.labels(model, result.gate, str(verdict)).set(1.0 if result.verdict is verdict else 0.0)
+
+    def transition(self, model: str, action: str, phase: Phase, percent: int) -> None:
+        self.transitions.labels(model, action).inc()
+        for p in Phase:
+            self.phase.labels(model, str(p)).set(1.0 if p is phase else 0.0)
+        self.percent.labels(model).set(percent)
+
+
+def reconcile_all(backend, tracking_uri: str, namespace: str | None, provider=None, metrics=None) -> list[Decision]:
+    """One pass over every InferenceService with a canary (in `namespace`, or everywhere)."""
+    decisions = []
+    for obj in backend.list():
+        meta = obj["metadata"]
+        if namespace and meta.get("namespace") != namespace:
+            continue
+        if canary_percent(obj) is None:
+            continue
+        try:
+            decision = reconcile_once(
+                backend, tracking_uri, meta["namespace"], meta["name"], provider=provider, metrics=metrics
+            )
+        except Exception:  # one broken object must not stop the others' rollouts
+            logger.exception("reconciling %s/%s failed", meta["namespace"], meta["name"])
+            continue
+        if decision is not None:
+            decisions.append(decision)
+    return decisions
+
+
+def run(
+    backend,
+    tracking_uri: str,
+    namespace: str | None,
+    interval_seconds: float,
+    provider=None,
+    metrics: RolloutMetrics | None = None,
+    stop: threading.Event | None = None,
+    on_decision: Callable[[str, Decision], None] | None = None,
+) -> None:
+    """Reconcile every `interval_seconds` until `stop` is set."""
+    stop = stop or threading.Event()
+    while not stop.is_set():
+        started = time.monotonic()
+        for decision in reconcile_all(backend, tracking_uri, namespace, provider, metrics):
+            if on_decision is not None:
+                on_decision(decision.state.canary_version, decision)
+        stop.wait(max(0.0, interval_seconds - (time.monotonic() - started)))

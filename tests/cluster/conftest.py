@@ -24,6 +24,7 @@ def control_plane(tmp_path_factory):
     try:
         crds = module_dir(KSERVE_MODULE, KSERVE_VERSION) / "config" / "crd" / "full"
         plane.install_crd(crds / "serving.kserve.io_inferenceservices.yaml")
+        plane.install_crd(crds / "serving.kserve.io_servingruntimes.yaml")
         yield plane
     finally:
         plane.stop()

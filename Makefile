@@ -8,7 +8,7 @@ export GX_ANALYTICS_ENABLED := false
 # Quiet the libraries' import-time chatter in command output; tests still see every warning they assert.
 export PYTHONWARNINGS := ignore::DeprecationWarning,ignore::FutureWarning,ignore::UserWarning
 
-.PHONY: help venv demo run test test-fast compile examples lint format bench clean
+.PHONY: help venv demo run test test-fast e2e-tools compile examples lint format bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,8 +31,14 @@ demo: venv ## Set up, train the churn model, serve it, and ship a challenger as 
 
 run: demo ## Same as demo
 
-test: venv ## Set up and run the whole test suite (as CI does)
+test: venv e2e-tools ## Set up and run the whole test suite (as CI does)
 	@$(PY) -m pytest
+
+e2e-tools: ## Prometheus and Alertmanager (Debian packages) for the end-to-end tests
+	@command -v prometheus >/dev/null && command -v prometheus-alertmanager >/dev/null || { \
+	  echo "installing prometheus and prometheus-alertmanager (Debian packages)"; \
+	  (apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager >/dev/null 2>&1 || \
+	   { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager; }); }
 
 test-fast: venv ## Unit tests only (seconds)
 	@$(PY) -m pytest tests/unit

@@ -45,7 +45,7 @@ def rollout_policy(spec: ModelSpec) -> dict:
     }
 
 
-def _predictor(spec: ModelSpec, version: str, image: str, payload_log_url: str | None = None):
+def _predictor(spec: ModelSpec, version: str, image: str, payload_log_url: str | None = None, role: str = "champion"):
     from kserve import V1beta1PredictorSpec
     from kubernetes.client import V1Container, V1ResourceRequirements
 
@@ -54,7 +54,8 @@ def _predictor(spec: ModelSpec, version: str, image: str, payload_log_url: str |
         name="kserve-container",
         image=image,
         command=["python", "-m", "serving.predictor"],
-        args=[f"--model_name={spec.name}", f"--model_uri=models:/{spec.name}/{version}"],
+        # The role labels the predictor's metrics, which the canary alerts select on; promotion rewrites it.
+        args=[f"--model_name={spec.name}", f"--model_uri=models:/{spec.name}/{version}", f"--role={role}"],
         resources=V1ResourceRequirements(requests=resources, limits=resources),
         security_context=SECURITY_CONTEXT,
     )
@@ -96,7 +97,7 @@ def build_inference_service(
     if canary_percent is None:
         isvc_spec = V1beta1InferenceServiceSpec(predictor=_predictor(spec, version, image, payload_log_url))
     elif mode == "Knative":
-        predictor = _predictor(spec, version, image, payload_log_url)
+        predictor = _predictor(spec, version, image, payload_log_url, role="canary")
         predictor.canary_traffic_percent = canary_percent
         isvc_spec = V1beta1InferenceServiceSpec(predictor=predictor)
         annotations[ANNOTATION_CHAMPION] = str(champion_version)
@@ -105,7 +106,8 @@ def build_inference_service(
             predictor=_predictor(spec, champion_version, image, payload_log_url),
             canary=[
                 V1beta1CanarySpec(
-                    traffic_percent=canary_percent, predictor=_predictor(spec, version, image, payload_log_url)
+                    traffic_percent=canary_percent,
+                    predictor=_predictor(spec, version, image, payload_log_url, role="canary"),
                 )
             ],
         )

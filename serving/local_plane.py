@@ -17,6 +17,7 @@ Admin API (what the `local` ServingBackend and `shepherd status` use):
 The plane also runs the drift service (`monitoring.drift`) as a child process and serves it under
 `/drift/`: `POST /drift/` is the payload-logger URL the deploy step writes into objects it applies
 here, `GET /drift/metrics` its Prometheus metrics, `GET /drift/models/<name>[/report]` its results.
+`GET /sd/predictors` lists the running revisions for Prometheus' HTTP service discovery.
 """
 
 from __future__ import annotations
@@ -241,13 +242,13 @@ class Plane:
             for uri, version, role in wanted:
                 env = revision_env(obj, role)
                 rev = running.pop(uri, None)
-                if rev is not None and rev.env != env:
-                    running[uri] = rev  # same version, other settings: a new revision replaces it
+                if rev is not None and (rev.env != env or rev.role != role):
+                    # Other settings, or a promoted canary whose metrics must now say `champion`:
+                    running[uri] = rev  # a new revision replaces it once ready
                     rev = None
                 if rev is None or rev.process is None or rev.process.poll() is not None:
                     rev = self._start(meta["name"], uri, version, role, env)
                     await self._wait_ready(rev, client)
-                rev.role = role
                 revisions[role] = rev
             for leftover in running.values():
                 self._stop(leftover)
@@ -444,6 +445,19 @@ def create_app(plane: Plane):
     @app.get(API + "/inferenceservices")
     async def list_all() -> Response:
         return JSONResponse({"items": [plane.with_status(d) for d in plane.deployments.values()]})
+
+    @app.get("/sd/predictors")
+    async def service_discovery() -> list[dict]:
+        """Prometheus HTTP service discovery (`http_sd_configs`): every running revision, as the
+        predictor PodMonitor finds the pods on a cluster. Revisions come and go with their ports."""
+        groups = []
+        for deployment in plane.deployments.values():
+            meta = deployment.obj["metadata"]
+            for revision in (deployment.champion, deployment.canary):
+                if revision is not None:
+                    labels = {"namespace": meta.get("namespace", "default"), "revision": revision.name}
+                    groups.append({"targets": [f"127.0.0.1:{revision.port}"], "labels": labels})
+        return groups
 
     @app.get("/healthz")
     async def healthz() -> dict:

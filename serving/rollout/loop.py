@@ -68,6 +68,8 @@ def promoted(obj: dict) -> dict:
     else:
         spec["predictor"].pop("canaryTrafficPercent", None)
     obj["metadata"]["annotations"].pop(ANNOTATION_CHAMPION, None)
+    for container in spec["predictor"]["containers"]:
+        container["args"] = ["--role=champion" if a == "--role=canary" else a for a in container.get("args", [])]
     return obj
 
 
@@ -176,7 +178,9 @@ def reconcile_once(
     except ConflictError as exc:
         return Decision(Action.HOLD, state, f"not written: {exc}; deciding again on the next reconcile")
     _move_aliases(tracking_uri, name, decision)
-    _record(backend, obj, decision, str(decision.action), metrics, policy)
+    if decision.action is not Action.HOLD or decision.state.failures != state.failures:
+        # An inconclusive interval restarts the clock (written above) but is not an event worth keeping.
+        _record(backend, obj, decision, str(decision.action), metrics, policy)
     return decision
 
 

@@ -1,0 +1,320 @@
+"""Time to roll back a canary that fails every request, and the share of requests that failed meanwhile;
+the drift service's ingestion rate and its overhead over calling Evidently directly.
+
+Two paths, side by side in one run, on the local plane with real traffic (one client, batch 1):
+- loop: the rollout loop scraping the revisions (the embedded default) with a 5 s analysis interval
+  and failure limit 1;
+- alert: Prometheus (5 s scrape, the rules' 5 s canary group) -> Alertmanager (group_wait 2 s) -> the
+  webhook (the cluster path; the loop is running but its failure limit is out of reach).
+Anchor: Flagger's default analysis, 60 s interval x 5 failed checks = 5 min of a failing canary.
+
+    python -m benchmarks.rollback --output docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import yaml
+
+from benchmarks.report import machine, write_section
+
+REPO = Path(__file__).resolve().parent.parent
+TOKEN = "bench-token"
+
+
+def _spec(base, **deployment):
+    from components.spec import parse_spec
+
+    data = yaml.safe_load(base.to_yaml())
+    data["deployment"].update(canary_steps=[10, 50, 100], interval_seconds=5, min_requests=20, **deployment)
+    return parse_spec(yaml.safe_dump(data))
+
+
+class Stoppable:
+    def __init__(self, process: subprocess.Popen):
+        self.process = process
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=15)
+
+
+class Traffic(threading.Thread):
+    def __init__(self, url: str, model: str, rows: list[dict]):
+        super().__init__(daemon=True)
+        self.url, self.model, self.rows = url, model, rows
+        self.answers: list[tuple[float, int, str]] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=30) as client:
+            i = 0
+            while not self.halt.is_set():
+                response = client.post(
+                    f"/v1/models/{self.model}:predict", json={"instances": [self.rows[i % len(self.rows)]]}
+                )
+                self.answers.append((time.time(), response.status_code, response.headers.get("x-shepherd-role", "")))
+                i += 1
+
+
+def _measure_rollback(backend, spec, version: str, traffic: Traffic, timeout: float = 180) -> dict:
+    from serving.inference_service import build_inference_service
+    from serving.predictor import ENV_FAULT_ERROR_RATE
+    from serving.rollout.loop import canary_percent
+
+    obj = build_inference_service(spec, version, champion_version="1", canary_percent=10)
+    container = obj["spec"]["canary"][0]["predictor"]["containers"][0]
+    container["env"] = [*(container.get("env") or []), {"name": ENV_FAULT_ERROR_RATE, "value": "1.0"}]
+    deployed = time.time()
+    backend.apply(obj)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if canary_percent(backend.get("models", spec.name)) == 0:
+            break
+        time.sleep(0.2)
+    else:
+        raise RuntimeError("the failing canary was not rolled back in time")
+    rolled_back = time.time()
+    window = [a for a in traffic.answers if deployed <= a[0] <= rolled_back]
+    failures = [a for a in window if a[1] == 500]
+    first_failure = min(a[0] for a in failures)
+    return {
+        "seconds": rolled_back - first_failure,
+        "failed_share": len(failures) / len(window),
+        "requests": len(window),
+        "failed": len(failures),
+    }
+
+
+def run_bench(repeats: int) -> dict:
+    from components.spec import load_spec
+    from monitoring import alertmanager, rules
+    from pipelines.direct import train_and_register
+    from serving.backends import LocalBackend, start_plane, stop_plane
+    from serving.inference_service import build_inference_service
+    from serving.local_plane import free_port
+    from serving.rollout import controller
+    from serving.traffic import instances
+    from tests.conftest import CHURN_SPEC
+    from tests.support.prometheus import start_alertmanager, start_prometheus
+
+    base = load_spec(CHURN_SPEC)
+    from components import data
+
+    features, entities = data.split_source(data.load_source(base), base)
+    frame = entities.merge(features, on=[base.entity.key, "event_timestamp"])
+    results: dict[str, list[dict]] = {"loop": [], "alert": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        uri = f"sqlite:///{home / 'mlflow.db'}"
+        loop_spec = _spec(base, failure_limit=1)
+        alert_spec = _spec(base, failure_limit=1000)
+        train_and_register(_spec(base), frame, uri, home, "v1")
+        canary_versions = [
+            train_and_register(_spec(base).model_copy(), frame, uri, home, f"c{i}").version for i in range(2)
+        ]
+        plane = start_plane(home, uri, free_port())
+        backend = LocalBackend(plane.url)
+        backend.apply(build_inference_service(_spec(base), "1"))
+        traffic = Traffic(plane.url, base.name, instances(base, frame.head(500)))
+        traffic.start()
+
+        def start_alert_path():
+            token = home / "token"
+            token.write_text(TOKEN)
+            hook_port = free_port()
+            hook = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "monitoring.webhook",
+                    "--port",
+                    str(hook_port),
+                    "--token-file",
+                    str(token),
+                    "--tracking-uri",
+                    uri,
+                    "--backend",
+                    plane.url,
+                    "--home",
+                    str(home),
+                ],
+                cwd=REPO,
+                stdout=open(home / "webhook.log", "w"),  # noqa: SIM115
+                stderr=subprocess.STDOUT,
+            )
+            am = start_alertmanager(
+                home / "am", alertmanager.render(alertmanager.config(f"http://127.0.0.1:{hook_port}/alerts", token))
+            )
+            rule_file = home / "rules.yaml"
+            rule_file.write_text(rules.render(rules.rule_groups({base.name: alert_spec.deployment})))
+            prometheus = start_prometheus(
+                home / "prom",
+                {
+                    "global": {"scrape_interval": "5s", "evaluation_interval": "5s"},
+                    "rule_files": [str(rule_file)],
+                    "alerting": {
+                        "alertmanagers": [{"static_configs": [{"targets": [am.url.removeprefix("http://")]}]}]
+                    },
+                    "scrape_configs": [
+                        {
+                            "job_name": "shepherd-predictor",
+                            "honor_labels": True,
+                            "http_sd_configs": [{"url": f"{plane.url}/sd/predictors", "refresh_interval": "1s"}],
+                        }
+                    ],
+                },
+            )
+            return [prometheus, am, Stoppable(hook)]
+
+        stop = threading.Event()
+        loop = threading.Thread(
+            target=controller.run, args=(backend, uri, "models", 1.0, None, None, stop), daemon=True
+        )
+        loop.start()
+        servers = []
+        try:
+            time.sleep(5)  # the champion's baseline traffic
+            # The loop alone first (no Prometheus yet, so no alert can act), then the alert path.
+            for path, spec in (("loop", loop_spec), ("alert", alert_spec)):
+                if path == "alert":
+                    servers = start_alert_path()
+                    time.sleep(10)  # a few scrapes of the champion
+                for i in range(repeats):
+                    result = _measure_rollback(backend, spec, canary_versions[i % len(canary_versions)], traffic)
+                    print(f"{path}: {json.dumps(result)}", flush=True)
+                    results[path].append(result)
+                    backend.apply(build_inference_service(_spec(base), "1"))  # the champion alone again
+                    time.sleep(35 if path == "alert" else 2)  # let the 30 s alert window forget the canary
+        finally:
+            stop.set()
+            traffic.halt.set()
+            for server in servers:
+                server.stop()
+            stop_plane(home)
+    return results
+
+
+def drift_ingestion(events: int = 2000) -> dict:
+    """Events/s into a running drift service, and compute() vs Evidently called directly."""
+    from prometheus_client import CollectorRegistry
+
+    from components.spec import load_spec
+    from monitoring.drift import REQUEST_EVENT, RESPONSE_EVENT, DriftService, Features, psi_drift
+    from serving.traffic import instances
+    from tests.conftest import CHURN_SPEC
+
+    base = load_spec(CHURN_SPEC)
+    from components import data
+
+    features_frame, _ = data.split_source(data.load_source(base), base)
+    rows = instances(base, features_frame.head(1000))
+
+    class References:  # the training sample, without a registry round trip (measured separately below)
+        def __init__(self):
+            import pandas as pd
+
+            self.frame = pd.DataFrame(rows)
+            self.features = Features(
+                [f.name for f in base.features if f.type != "category"],
+                [f.name for f in base.features if f.type == "category"],
+            )
+
+        def get(self, model, version):
+            return self.features, self.frame
+
+    service = DriftService(References(), CollectorRegistry(), window_rows=500, min_rows=200)
+    from fastapi.testclient import TestClient
+
+    from monitoring.drift import create_app
+
+    headers = {"ce-inferenceservicename": base.name, "ce-modelid": "1", "ce-endpoint": "default"}
+    with TestClient(create_app(service, compute_interval=3600)) as client:
+        started = time.perf_counter()
+        for i in range(events // 2):
+            event_id = str(uuid.uuid4())
+            body = {"instances": [rows[i % len(rows)]]}
+            client.post("/", json=body, headers={**headers, "ce-type": REQUEST_EVENT, "ce-id": event_id})
+            client.post(
+                "/",
+                json={"predictions": [{"probability": 0.3}]},
+                headers={**headers, "ce-type": RESPONSE_EVENT, "ce-id": event_id},
+            )
+        ingest_seconds = time.perf_counter() - started
+    window = service.windows[(base.name, "champion")].frame()
+    reference = service.references.frame
+    direct, via_service = [], []
+    for _ in range(5):
+        t = time.perf_counter()
+        psi_drift(window, reference, service.references.features)
+        direct.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        service.compute(force=True)
+        via_service.append(time.perf_counter() - t)
+    return {
+        "events_per_second": events / ingest_seconds,
+        "direct_ms": statistics.median(direct) * 1000,
+        "service_ms": statistics.median(via_service) * 1000,
+    }
+
+
+def render(results: dict, drift: dict) -> str:
+    lines = [
+        f"Machine: {machine()}. Date: {time.strftime('%Y-%m-%d')}. One client sending batch-1 requests through "
+        "the local plane; the canary (10 %) fails every request (`SHEPHERD_FAULT_ERROR_RATE=1.0`).",
+        "",
+        "| path | time to 0 % (from the first failing response) | failed share of all requests | runs |",
+        "|---|---|---|---|",
+    ]
+    for path, label in (
+        ("loop", "rollout loop, scraping (5 s interval, failure limit 1)"),
+        ("alert", "Prometheus 5 s scrape + 5 s rule group -> Alertmanager (group_wait 2 s) -> webhook"),
+    ):
+        runs = results[path]
+        seconds = ", ".join(f"{r['seconds']:.1f} s" for r in runs)
+        shares = ", ".join(f"{100 * r['failed_share']:.2f} % ({r['failed']}/{r['requests']})" for r in runs)
+        lines.append(f"| {label} | {seconds} | {shares} | {len(runs)} |")
+    lines += [
+        "| Flagger default analysis (anchor, not run here) | 300 s (60 s interval x 5 failed checks) | - | - |",
+        "",
+        f"Median time to 0 %: loop {statistics.median(r['seconds'] for r in results['loop']):.1f} s, alert path "
+        f"{statistics.median(r['seconds'] for r in results['alert']):.1f} s: "
+        f"{300 / statistics.median(r['seconds'] for r in results['loop']):.0f}x and "
+        f"{300 / statistics.median(r['seconds'] for r in results['alert']):.0f}x faster than the Flagger anchor. "
+        "Target: under 15 s and under 1 % failed.",
+        "",
+        f"Drift service: {drift['events_per_second']:,.0f} CloudEvents/s ingested over HTTP (one client, request + "
+        f"response events, in-process ASGI transport); a drift computation over a 500-row window against a "
+        f"1,000-row reference takes {drift['service_ms']:.0f} ms through the service vs {drift['direct_ms']:.0f} ms "
+        f"calling Evidently directly ({drift['service_ms'] / drift['direct_ms']:.2f}x; the service also sets the gauges).",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    drift = drift_ingestion()
+    print(f"drift: {json.dumps(drift)}", flush=True)
+    results = run_bench(args.repeats)
+    write_section(args.output, "## Time to rollback and drift ingestion (issue C)", render(results, drift))
+    print(render(results, drift))
+
+
+if __name__ == "__main__":
+    main()

@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from tests.support.control_plane import ControlPlane, build_binaries
-from tests.support.crds import KSERVE_MODULE, KSERVE_VERSION, module_dir
+from tests.support.crds import KSERVE_MODULE, KSERVE_VERSION, module_dir, prometheus_operator_crds
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +24,9 @@ def control_plane(tmp_path_factory):
     try:
         crds = module_dir(KSERVE_MODULE, KSERVE_VERSION) / "config" / "crd" / "full"
         plane.install_crd(crds / "serving.kserve.io_inferenceservices.yaml")
+        # The Helm chart's monitoring objects (ServiceMonitor, PodMonitor, PrometheusRule, AlertmanagerConfig).
+        for crd in prometheus_operator_crds(tmp_path_factory.mktemp("crds")):
+            plane.install_crd(crd)
         plane.install_crd(crds / "serving.kserve.io_servingruntimes.yaml")
         yield plane
     finally:

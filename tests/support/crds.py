@@ -21,6 +21,18 @@ KSERVE_MODULE = "github.com/kserve/kserve"
 # The newest KServe the Go module proxy serves here with `spec.canary[]` (added in 0.20).
 KSERVE_VERSION = "v0.20.0"
 
+# prometheus-operator's CRDs for the chart's monitoring objects (the version the proxy serves here).
+PROMETHEUS_OPERATOR_MODULE = "github.com/prometheus-operator/prometheus-operator"
+PROMETHEUS_OPERATOR_VERSION = "v0.85.0"
+PROMETHEUS_OPERATOR_CRD_DIR = "example/prometheus-operator-crd"
+# The kinds the Helm chart renders: PrometheusRule, ServiceMonitor, PodMonitor, AlertmanagerConfig.
+PROMETHEUS_OPERATOR_CRDS = (
+    "monitoring.coreos.com_prometheusrules.yaml",
+    "monitoring.coreos.com_servicemonitors.yaml",
+    "monitoring.coreos.com_podmonitors.yaml",
+    "monitoring.coreos.com_alertmanagerconfigs.yaml",
+)
+
 
 def _unavailable(reason: str):
     if os.environ.get("CI"):
@@ -85,3 +97,22 @@ def _inference_service_validator():
 def validate_inference_service(obj: dict) -> None:
     """Raise jsonschema.ValidationError if `obj` breaks the InferenceService CRD schema."""
     _inference_service_validator().validate(obj)
+
+
+class _CRDLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """YAML 1.1 reads a bare `=` (an enum value in AlertmanagerConfig's matchers) as the `value` tag."""
+
+
+_CRDLoader.add_constructor("tag:yaml.org,2002:value", lambda loader, node: loader.construct_scalar(node))
+
+
+def prometheus_operator_crds(into: Path) -> list[Path]:
+    """The CRDs of the monitoring.coreos.com kinds the Helm chart uses, from the Go module cache,
+    written into `into` as JSON (which any YAML loader reads the same way)."""
+    root = module_dir(PROMETHEUS_OPERATOR_MODULE, PROMETHEUS_OPERATOR_VERSION) / PROMETHEUS_OPERATOR_CRD_DIR
+    paths = []
+    for name in PROMETHEUS_OPERATOR_CRDS:
+        path = into / name.replace(".yaml", ".json")
+        path.write_text(json.dumps(yaml.load((root / name).read_text(), Loader=_CRDLoader)))
+        paths.append(path)
+    return paths

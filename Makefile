@@ -16,16 +16,29 @@ help: ## List the targets
 venv: ## Create .venv (the stack is installed once per machine, then reused)
 	@./scripts/venv.sh
 
-demo: venv ## Set up, train the churn model, serve it, and ship a challenger as a 10 % canary
-	@echo "==> 1/5 starting the local serving plane on port $(PORT) (KServe model servers + router)"
+demo: venv ## Set up, train, serve, and tell the rollout story: promote, roll back, drift -> retrain
+	@echo "==> 1/9 starting the local serving plane on port $(PORT) (KServe model servers, router, drift service)"
 	@$(SHEPHERD) up --port $(PORT)
-	@echo "==> 2/5 training pipeline: the first model becomes @champion and serves 100 %"
+	@echo "==> 2/9 training pipeline: the first model becomes @champion and serves 100 %"
 	@$(SHEPHERD) run --spec specs/churn.yaml
-	@echo "==> 3/5 a challenger with other parameters: promoted, it becomes a canary next to the champion"
+	@echo "==> 3/9 a challenger with other parameters: promoted, it becomes a canary at 10 % next to the champion"
 	@$(SHEPHERD) run --spec specs/churn.yaml --param C=0.5
-	@echo "==> 4/5 real customers through the router: the split follows the InferenceService"
-	@$(SHEPHERD) traffic --requests 300
-	@echo "==> 5/5 what is served"
+	@$(SHEPHERD) traffic --requests 200
+	@echo "==> 4/9 the rollout loop steps the healthy canary up while its gates pass, then promotes it"
+	@$(SHEPHERD) rollout watch churn --traffic 25 --timeout 300
+	@echo "==> 5/9 a third challenger, and a rollback drill: its canary fails every request"
+	@$(SHEPHERD) run --spec specs/churn.yaml --param C=2.0
+	@$(SHEPHERD) rollout fault churn --error-rate 1.0 || echo "(no new canary: this challenger was trained by an earlier demo; make clean for the whole story)"
+	@$(SHEPHERD) rollout watch churn --traffic 25 --timeout 300
+	@echo "==> 6/9 a shifted population (new month-to-month customers) reaches the champion"
+	@$(SHEPHERD) traffic --requests 120 --batch 5 --where "contract == 'Month-to-month' and tenure < 12"
+	@sleep 7  # the drift service computes every 5 s
+	@$(SHEPHERD) drift status churn
+	@echo "==> 7/9 champion drift starts a retraining run of the champion's spec (the webhook does this on a cluster)"
+	@$(SHEPHERD) drift check churn
+	@echo "==> 8/9 which version served when, and why"
+	@$(SHEPHERD) history churn
+	@echo "==> 9/9 what is served now"
 	@$(SHEPHERD) status
 	@echo "The plane keeps serving on http://127.0.0.1:$(PORT) (try: $(SHEPHERD) --help); stop it with: $(SHEPHERD) down"
 

@@ -39,6 +39,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts say "[default: ...]" and "[env: ...]" literally
 )
 console = Console(stderr=True)
 out = Console(width=max(Console().width, 120))
@@ -285,10 +286,16 @@ def up(
 def traffic(
     requests: Annotated[int, typer.Option("--requests", "-n", help="How many requests to send.")] = 200,
     batch: Annotated[int, typer.Option(help="Rows per request.")] = 1,
+    where: Annotated[
+        str | None,
+        typer.Option(help="Only customers matching this pandas query, e.g. \"contract == 'Month-to-month'\"."),
+    ] = None,
     spec: SpecOption = DEFAULT_SPEC,
     home: HomeOption = None,
 ) -> None:
-    """Send real rows from the spec's source through the local plane and show which revision answered."""
+    """Send real rows from the spec's source through the local plane and show which revision answered.
+
+    --where picks a segment (a shifted population: what drift looks like to the drift service)."""
     from components.data import load_source, split_source
     from serving.backends import PlaneProcess
     from serving.traffic import instances, send
@@ -300,6 +307,15 @@ def traffic(
         console.print("no serving plane is running for this home; `shepherd up` starts one")
         raise typer.Exit(1)
     feature_rows, _ = split_source(load_source(model_spec), model_spec)
+    if where:
+        try:
+            feature_rows = feature_rows.query(where)
+        except Exception as exc:  # pandas raises many kinds for a bad expression
+            console.print(f"[red]error:[/] --where {where!r}: {exc}")
+            raise typer.Exit(2) from None
+        if feature_rows.empty:
+            console.print(f"[red]error:[/] --where {where!r} matches no rows")
+            raise typer.Exit(2)
     report = send(plane.url, model_spec, instances(model_spec, feature_rows.head(500)), requests, batch)
     table = Table(title=f"{requests} requests x {batch} rows to {plane.url}/v1/models/{model_spec.name}:predict")
     table.add_column("revision")

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from components.errors import ShepherdError
 from pipelines.cli import HomeOption, TrackingOption, app, console, friendly, out
-from pipelines.settings import Settings
+from pipelines.settings import DEFAULT_SPEC, Settings
 
 rollout_app = typer.Typer(
     help=(
@@ -25,8 +25,11 @@ rollout_app = typer.Typer(
         "  shepherd rollout controller ...   # the loop as a service (the Helm chart runs it)"
     ),
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
-drift_app = typer.Typer(help="What the drift service sees: Evidently drift per revision.", no_args_is_help=True)
+drift_app = typer.Typer(
+    help="What the drift service sees: Evidently drift per revision.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(drift_app, name="drift")
 
@@ -132,11 +135,46 @@ def promote(
 
 @rollout_app.command()
 @friendly
+def fault(
+    model: ModelArgument,
+    error_rate: Annotated[float, typer.Option(help="Share of the canary's requests to fail with a 500 (0 heals).")],
+    namespace: NamespaceOption = "models",
+    home: HomeOption = None,
+    tracking_uri: TrackingOption = None,
+    backend: BackendOption = None,
+) -> None:
+    """Rollback drill: make the canary fail a share of its requests (SHEPHERD_FAULT_ERROR_RATE on its
+    predictor), then watch the gates or the alerts take it out."""
+    from serving.predictor import ENV_FAULT_ERROR_RATE
+
+    if not 0.0 <= error_rate <= 1.0:
+        console.print(f"[red]error:[/] --error-rate must be within 0..1, got {error_rate}")
+        raise typer.Exit(2)
+    settings = Settings.from_env(home=home, tracking_uri=tracking_uri)
+    target = _backend(backend, settings)
+    obj = target.get(namespace, model)
+    if obj is None or not obj["spec"].get("canary"):
+        console.print(f"[yellow]{namespace}/{model} has no Standard-mode canary to inject faults into[/]")
+        raise typer.Exit(1)
+    obj.pop("status", None)
+    container = obj["spec"]["canary"][0]["predictor"]["containers"][0]
+    env = [e for e in container.get("env") or [] if e["name"] != ENV_FAULT_ERROR_RATE]
+    container["env"] = env + ([{"name": ENV_FAULT_ERROR_RATE, "value": str(error_rate)}] if error_rate else [])
+    target.apply(obj)
+    console.print(f"canary of {model} now fails {error_rate:.0%} of its requests (a new revision replaced it)")
+
+
+@rollout_app.command()
+@friendly
 def watch(
     model: Annotated[str | None, typer.Argument(help="Only this model [default: every canary].")] = None,
     namespace: NamespaceOption = "models",
     interval: Annotated[float, typer.Option(help="Seconds between reconciles.")] = 2.0,
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds (0: never).")] = 0,
+    traffic: Annotated[
+        float, typer.Option(help="Also send this many requests/s of real rows through the router (demos).")
+    ] = 0,
+    spec: Annotated[Path, typer.Option(help="Spec whose source rows --traffic sends.")] = DEFAULT_SPEC,
     home: HomeOption = None,
     tracking_uri: TrackingOption = None,
     backend: BackendOption = None,
@@ -147,13 +185,49 @@ def watch(
     the champion) are read from the revisions' /metrics and the plane's drift service; the canary steps
     up, waits, promotes or rolls back. State lives on the InferenceService: stop and restart any time.
     """
-    from serving.rollout.loop import canary_percent, reconcile_once
-    from serving.rollout.machine import Action
-
     settings = Settings.from_env(home=home, tracking_uri=tracking_uri)
     target = _backend(backend, settings)
     deadline = time.monotonic() + timeout if timeout else None
     last_reason: dict[str, str] = {}
+    if traffic and not hasattr(target, "url"):
+        console.print("[red]error:[/] --traffic sends through the local plane's router; not with --backend kubernetes")
+        raise typer.Exit(2)
+    sender = _background_traffic(target.url, spec, traffic) if traffic else None
+    try:
+        _watch(target, settings, namespace, model, interval, deadline, timeout, last_reason)
+    finally:
+        if sender is not None:
+            sender.set()
+
+
+def _background_traffic(url: str, spec: Path, per_second: float):
+    """Real rows through the router at about `per_second` requests/s until the returned event is set."""
+    import threading
+
+    from components.data import load_source, split_source
+    from components.spec import load_spec
+    from serving.traffic import instances, send
+
+    model_spec = load_spec(spec)
+    features, _ = split_source(load_source(model_spec), model_spec)
+    rows = instances(model_spec, features.sample(1000, random_state=0))
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            send(url, model_spec, rows[int(started * 1000) % 900 :], max(1, int(per_second)), batch=5)
+            stop.wait(max(0.0, 1.0 - (time.monotonic() - started)))
+
+    threading.Thread(target=run, daemon=True).start()
+    console.print(f"[dim]sending ~{per_second:.0f} requests/s of real {model_spec.name} rows to {url}[/]")
+    return stop
+
+
+def _watch(target, settings, namespace, model, interval, deadline, timeout, last_reason) -> None:
+    from serving.rollout.loop import canary_percent, reconcile_once
+    from serving.rollout.machine import Action
+
     while True:
         active = [
             o["metadata"]["name"]
@@ -302,6 +376,44 @@ def drift_status(model: ModelArgument, home: HomeOption = None, drift_url: Drift
             f"v{r['version']} ({r['role']})", r["reference"], str(r["rows"]), drifted, f"{r['share']:.0%}", top
         )
     out.print(table)
+
+
+@drift_app.command("check")
+@friendly
+def drift_check(
+    model: ModelArgument,
+    retrain: Annotated[bool, typer.Option(help="Start a retraining run when the champion has drifted.")] = True,
+    home: HomeOption = None,
+    tracking_uri: TrackingOption = None,
+    drift_url: DriftUrlOption = None,
+) -> None:
+    """The embedded default's champion-drift alert: the same threshold as ShepherdChampionDrift; on drift,
+    start one retraining run of the champion's stored spec (as the webhook does on a cluster)."""
+    import httpx
+
+    from monitoring.rules import DRIFT_MIN_WINDOW_ROWS, DRIFT_SHARE_THRESHOLD
+    from monitoring.webhook import LocalRetrainer
+
+    settings = Settings.from_env(home=home, tracking_uri=tracking_uri)
+    body = httpx.get(f"{_drift_url(home, drift_url)}/models/{model}", timeout=30).json()
+    champion = next((r for r in body["results"] if r["role"] == "champion" and r["reference"] == "training"), None)
+    if champion is None or champion["rows"] < DRIFT_MIN_WINDOW_ROWS:
+        console.print(f"no drift result for the champion of {model} yet (it needs {body['minRows']} logged rows)")
+        raise typer.Exit(1)
+    top = ", ".join(f"{c} {champion['scores'][c]:.2f}" for c in champion["drifted"][:4]) or "none"
+    share = champion["share"]
+    console.print(
+        f"{model} v{champion['version']} (champion) vs training: {share:.0%} of features drifted "
+        f"(alert at {DRIFT_SHARE_THRESHOLD:.0%}); top PSI: {top}"
+    )
+    if share < DRIFT_SHARE_THRESHOLD:
+        console.print("[green]no drift[/]: nothing to do")
+        return
+    if not retrain:
+        console.print("[yellow]drift[/]: a retraining run would start (--no-retrain given)")
+        return
+    started = LocalRetrainer(settings.home, settings.tracking_uri)(model, f"champion drift {share:.0%}")
+    console.print(f"[yellow]drift[/]: retraining started ({started})")
 
 
 @drift_app.command("report")

@@ -493,7 +493,7 @@ async def _log_payload(
         try:
             await client.post(logger_spec["url"], content=body, headers=headers, timeout=5)
         except Exception as exc:  # the logger is best effort: it must never fail a prediction
-            logger.warning("payload logger %s: %s", logger_spec["url"], exc)
+            logger.warning("payload logger %s: %r", logger_spec["url"], exc)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ export GX_ANALYTICS_ENABLED := false
 # Quiet the libraries' import-time chatter in command output; tests still see every warning they assert.
 export PYTHONWARNINGS := ignore::DeprecationWarning,ignore::FutureWarning,ignore::UserWarning
 
-.PHONY: help venv demo run test test-fast e2e-tools compile examples lint format bench clean
+.PHONY: help venv demo run test test-fast e2e-tools compile examples lint format bench infra-check manifests clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -74,6 +74,12 @@ bench: venv ## Pipeline cold/warm runs and serving throughput vs MLServer (needs
 	@command -v wrk >/dev/null || { echo "installing wrk (Debian package)"; apt-get install -y -qq wrk; }
 	@$(PY) -m benchmarks.pipeline_runs --output docs/benchmarks.md
 	@$(PY) -m benchmarks.serving --output docs/benchmarks.md
+
+infra-check: venv ## kustomize overlays vs a real apiserver, terraform (tofu fmt, hcl2 contract, checkov), workflows (actionlint)
+	@$(PY) -m pytest tests/cluster/test_manifests.py tests/unit/test_terraform.py tests/unit/test_workflows.py
+
+manifests: ## Render an overlay: make manifests ENV=prod | kubectl apply --server-side -f -
+	@$$(scripts/go-tools.sh kubectl) kustomize --load-restrictor=LoadRestrictionsNone manifests/overlays/$(or $(ENV),dev)
 
 clean: ## Remove local state (.shepherd); keeps .venv
 	rm -rf .shepherd

@@ -22,6 +22,7 @@ ANNOTATION_CHAMPION = "shepherd.io/champion-version"
 DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
 
 # Hardened by default: nothing a model server needs requires more.
+SERVING_CONFIGMAP = "shepherd-serving"
 SECURITY_CONTEXT = {
     "runAsNonRoot": True,
     "runAsUser": 1000,
@@ -47,7 +48,15 @@ def rollout_policy(spec: ModelSpec) -> dict:
 
 def _predictor(spec: ModelSpec, version: str, image: str, payload_log_url: str | None = None, role: str = "champion"):
     from kserve import V1beta1PredictorSpec
-    from kubernetes.client import V1Container, V1ResourceRequirements
+    from kubernetes.client import (
+        V1ConfigMapEnvSource,
+        V1Container,
+        V1EmptyDirVolumeSource,
+        V1EnvFromSource,
+        V1ResourceRequirements,
+        V1Volume,
+        V1VolumeMount,
+    )
 
     resources = {"cpu": spec.deployment.cpu, "memory": spec.deployment.memory}
     container = V1Container(
@@ -58,8 +67,16 @@ def _predictor(spec: ModelSpec, version: str, image: str, payload_log_url: str |
         args=[f"--model_name={spec.name}", f"--model_uri=models:/{spec.name}/{version}", f"--role={role}"],
         resources=V1ResourceRequirements(requests=resources, limits=resources),
         security_context=SECURITY_CONTEXT,
+        # MLFLOW_TRACKING_URI (and the like) from the model namespace's ConfigMap (manifests/base/models).
+        env_from=[V1EnvFromSource(config_map_ref=V1ConfigMapEnvSource(name=SERVING_CONFIGMAP, optional=True))],
+        # The root filesystem is read-only: MLflow downloads the model into /tmp.
+        volume_mounts=[V1VolumeMount(name="tmp", mount_path="/tmp")],
     )
-    predictor = V1beta1PredictorSpec(containers=[container], min_replicas=1)
+    predictor = V1beta1PredictorSpec(
+        containers=[container],
+        min_replicas=1,
+        volumes=[V1Volume(name="tmp", empty_dir=V1EmptyDirVolumeSource(size_limit="1Gi"))],
+    )
     if payload_log_url:
         from kserve import V1beta1LoggerSpec
 

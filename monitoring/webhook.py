@@ -129,6 +129,7 @@ class KfpRetrainer:
             str(self.package),
             arguments={"spec_yaml": spec_yaml, "tracking_uri": self.tracking_uri, "serving_target": "kubernetes"},
             run_name=f"{model}-retrain-{int(time.time())}",
+            service_account="shepherd-pipeline-runner",  # manifests/base/pipeline-runner
         )
         return f"KFP run {run.run_id}"
 

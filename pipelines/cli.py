@@ -179,6 +179,10 @@ def submit(
     deploy: Annotated[
         str, typer.Option(help="Where a promoted model goes: kubernetes (the run's cluster) or '' (render only).")
     ] = "kubernetes",
+    service_account: Annotated[
+        str,
+        typer.Option(help="Kubernetes ServiceAccount the run's pods use ('' = KFP's default pipeline-runner)."),
+    ] = "shepherd-pipeline-runner",
 ) -> None:
     """Submit a run of the compiled pipeline to a KFP server.
 
@@ -187,7 +191,7 @@ def submit(
     from pipelines.submit import submit_run
 
     model_spec = _load(spec)
-    run_id, state = submit_run(host, model_spec, tracking_uri, feature_repo, experiment, wait, deploy)
+    run_id, state = submit_run(host, model_spec, tracking_uri, feature_repo, experiment, wait, deploy, service_account)
     console.print(f"submitted run {run_id} for {model_spec.name} to {host}" + (f": {state}" if state else ""))
 
 

@@ -18,6 +18,7 @@ def submit_run(
     experiment: str,
     wait: bool,
     serving_target: str = "kubernetes",
+    service_account: str = "shepherd-pipeline-runner",
 ) -> tuple[str, str | None]:
     """Compile, upload and start a run; returns (run id, final state if waited for)."""
     import kfp
@@ -36,6 +37,8 @@ def submit_run(
                 },
                 run_name=f"{spec.name}-training",
                 experiment_name=experiment,
+                # The least-privilege runner of manifests/base/pipeline-runner (may deploy InferenceServices).
+                service_account=service_account or None,
             )
         except Exception as exc:  # kfp raises urllib3/ApiException/ValueError for an unusable host
             raise PipelineRunError(

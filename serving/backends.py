@@ -203,16 +203,23 @@ class KubernetesBackend:
         items = self.core.list_namespaced_event(
             namespace, field_selector=f"involvedObject.name={name},involvedObject.kind=InferenceService"
         ).items
-        out = [
+        # Timestamps have one-second resolution; the resourceVersion orders events within a second.
+        items = sorted(
+            items,
+            key=lambda e: (
+                (e.last_timestamp or e.metadata.creation_timestamp).timestamp(),
+                int(e.metadata.resource_version),
+            ),
+        )
+        return [
             {
-                "time": (e.last_timestamp or e.event_time or e.metadata.creation_timestamp).timestamp(),
+                "time": (e.last_timestamp or e.metadata.creation_timestamp).timestamp(),
                 "reason": e.reason,
                 "message": e.message,
                 "type": e.type,
             }
             for e in items
         ]
-        return sorted(out, key=lambda e: e["time"])
 
 
 def backend_for(target: str) -> ServingBackend:

@@ -128,6 +128,7 @@ def _sklearn_scorer(client, version, spec: ModelSpec, tmp: str):
 # Fault injection for rollback drills: this share of requests fails with a 500 after parsing, as a
 # broken model would. Set on the predictor container (the local plane passes it through too).
 ENV_FAULT_ERROR_RATE = "SHEPHERD_FAULT_ERROR_RATE"
+WARMUP_CALLS = 20
 
 
 def make_model(
@@ -149,6 +150,11 @@ def make_model(
 
     class ShepherdModel(kserve.Model):
         def load(self) -> bool:
+            # Warm up before taking traffic: a runtime's first calls are several times slower, and a
+            # canary's first interval would otherwise fail its latency gate on that alone.
+            row = {f.name: [f.categories[0] if f.categories else (f.min or 0.0)] for f in spec.features}
+            for _ in range(WARMUP_CALLS):
+                loaded.score(to_model_inputs(spec, row))
             self.ready = True
             return self.ready
 

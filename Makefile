@@ -8,7 +8,7 @@ export GX_ANALYTICS_ENABLED := false
 # Quiet the libraries' import-time chatter in command output; tests still see every warning they assert.
 export PYTHONWARNINGS := ignore::DeprecationWarning,ignore::FutureWarning,ignore::UserWarning
 
-.PHONY: help venv demo run test test-fast e2e-tools compile examples lint format bench infra-check manifests clean
+.PHONY: help venv demo run test test-fast e2e-tools compile examples lint format bench infra-check manifests monitoring-assets chart image tools clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -70,16 +70,30 @@ format: venv ## Apply ruff's fixes and formatting
 	@$(PY) -m ruff check --fix .
 	@$(PY) -m ruff format components pipelines serving monitoring tests
 
-bench: venv ## Pipeline cold/warm runs and serving throughput vs MLServer (needs wrk); writes docs/benchmarks.md
+bench: venv e2e-tools ## Pipeline runs, serving vs MLServer (wrk), time to rollback; writes docs/benchmarks.md
 	@command -v wrk >/dev/null || { echo "installing wrk (Debian package)"; apt-get install -y -qq wrk; }
 	@$(PY) -m benchmarks.pipeline_runs --output docs/benchmarks.md
 	@$(PY) -m benchmarks.serving --output docs/benchmarks.md
+	@$(PY) -m benchmarks.rollback --output docs/benchmarks.md
 
 infra-check: venv ## kustomize overlays vs a real apiserver, terraform (tofu fmt, hcl2 contract, checkov), workflows (actionlint)
 	@$(PY) -m pytest tests/cluster/test_manifests.py tests/unit/test_terraform.py tests/unit/test_workflows.py
 
 manifests: ## Render an overlay: make manifests ENV=prod | kubectl apply --server-side -f -
 	@$$(scripts/go-tools.sh kubectl) kustomize --load-restrictor=LoadRestrictionsNone manifests/overlays/$(or $(ENV),dev)
+
+monitoring-assets: venv ## Regenerate Prometheus rules + Grafana dashboards (and the Helm chart's copies) from specs/
+	@$(PY) -m monitoring.rules --output monitoring/rules/shepherd.rules.yaml --helm-output helm/shepherd/files/prometheus-rules.yaml
+	@$(PY) -m monitoring.dashboards --output monitoring/dashboards --helm-output helm/shepherd/files/dashboards
+
+chart: venv ## Helm chart + Dockerfile: lint, render, dry-run and RBAC against a real kube-apiserver, checkov, hadolint
+	@$(PY) -m pytest tests/cluster/test_helm_chart.py tests/cluster/test_rbac.py tests/unit/test_dockerfile.py
+
+image: ## Build the one Shepherd image (needs Docker)
+	docker build -t $$($(PY) -c 'from components.platform import PLATFORM_IMAGE; print(PLATFORM_IMAGE)') .
+
+tools: ## Fetch the pinned helm, kubectl, hadolint and checkov into ~/.cache/shepherd
+	@for t in helm kubectl hadolint checkov; do ./scripts/go-tools.sh $$t; done
 
 clean: ## Remove local state (.shepherd); keeps .venv
 	rm -rf .shepherd

@@ -214,9 +214,14 @@ def _background_traffic(url: str, spec: Path, per_second: float):
     stop = threading.Event()
 
     def run() -> None:
+        import httpx
+
         while not stop.is_set():
             started = time.monotonic()
-            send(url, model_spec, rows[int(started * 1000) % 900 :], max(1, int(per_second)), batch=5)
+            try:
+                send(url, model_spec, rows[int(started * 1000) % 900 :], max(1, int(per_second)), batch=5)
+            except httpx.HTTPError as exc:  # the demo's customers retry; the plane's log says what happened
+                console.print(f"[dim]traffic: {type(exc).__name__}; retrying[/]")
             stop.wait(max(0.0, 1.0 - (time.monotonic() - started)))
 
     threading.Thread(target=run, daemon=True).start()
@@ -237,7 +242,8 @@ def _watch(target, settings, namespace, model, interval, deadline, timeout, last
             and (model is None or o["metadata"]["name"] == model)
         ]
         if not active:
-            console.print("no canary is rolling out" + (f" for {model}" if model else ""))
+            done = "every rollout has finished" if last_reason else "no canary is rolling out"
+            console.print(done + (f" for {model}" if model else ""))
             return
         finished = 0
         for name in active:

@@ -42,8 +42,8 @@ class ServingBackend(Protocol):
     def get(self, namespace: str, name: str) -> dict | None:
         """The InferenceService with its status, or None."""
 
-    def list(self) -> list[dict]:
-        """Every InferenceService with its status."""
+    def list(self, namespace: str | None = None) -> list[dict]:
+        """Every InferenceService (in `namespace`, if given) with its status."""
 
     def record_event(self, obj: dict, reason: str, message: str, warning: bool = False) -> None:
         """Record what happened to the object (rollout transitions): Kubernetes Events on a cluster."""
@@ -82,8 +82,9 @@ class LocalBackend:
         response = self._call("GET", f"{API}/namespaces/{namespace}/inferenceservices/{name}")
         return response.json() if response.status_code == 200 else None
 
-    def list(self) -> list[dict]:
-        return self._call("GET", f"{API}/inferenceservices").json()["items"]
+    def list(self, namespace: str | None = None) -> list[dict]:
+        items = self._call("GET", f"{API}/inferenceservices").json()["items"]
+        return [o for o in items if namespace is None or o["metadata"].get("namespace") == namespace]
 
     def record_event(self, obj: dict, reason: str, message: str, warning: bool = False) -> None:
         meta = obj["metadata"]
@@ -132,7 +133,10 @@ class KubernetesBackend:
                 return None
             raise self._error("reading", name, exc) from exc
 
-    def list(self) -> list[dict]:
+    def list(self, namespace: str | None = None) -> list[dict]:
+        """In `namespace` (what a namespaced Role allows), or across the cluster."""
+        if namespace:
+            return self.api.list_namespaced_custom_object(self.GROUP, self.VERSION, namespace, self.PLURAL)["items"]
         return self.api.list_cluster_custom_object(self.GROUP, self.VERSION, self.PLURAL)["items"]
 
     def apply(self, obj: dict) -> dict:

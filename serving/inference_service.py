@@ -25,7 +25,7 @@ DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
 SERVING_CONFIGMAP = "shepherd-serving"
 SECURITY_CONTEXT = {
     "runAsNonRoot": True,
-    "runAsUser": 1000,
+    "runAsUser": 10001,
     "allowPrivilegeEscalation": False,
     "readOnlyRootFilesystem": True,
     "capabilities": {"drop": ["ALL"]},

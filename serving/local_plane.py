@@ -354,7 +354,19 @@ def create_app(plane: Plane):
         revision = deployment.canary if use_canary else deployment.champion
         body = await request.body()
         headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "x-request-id")}
-        upstream = await client.post(f"{revision.url}{path}", content=body, headers=headers)
+        try:
+            upstream = await client.post(f"{revision.url}{path}", content=body, headers=headers)
+        except httpx.TransportError as exc:
+            # The revision went away under this request (replaced by a newer one): ask its successor once.
+            current = _find(name)
+            successor = None if current is None else (current.canary if use_canary else current.champion)
+            if successor is None or successor.url == revision.url:
+                return JSONResponse(
+                    {"error": f"revision {revision.name} is unavailable ({type(exc).__name__}); try again"},
+                    status_code=503,
+                )
+            revision = successor
+            upstream = await client.post(f"{revision.url}{path}", content=body, headers=headers)
         logger_spec = deployment.obj["spec"]["predictor"].get("logger")
         if logger_spec and logger_spec.get("url"):
             # Fire and forget, but keep a reference: the event loop holds tasks only weakly.

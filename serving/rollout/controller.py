@@ -23,9 +23,12 @@ from monitoring.metrics import (
 )
 from serving.rollout.gates import GateResult, Verdict
 from serving.rollout.loop import canary_percent, reconcile_once
-from serving.rollout.machine import Decision, Phase
+from serving.rollout.machine import Action, Decision, Phase
 
 logger = logging.getLogger("shepherd.rollout")
+
+# What `shepherd_rollout_transitions_total{action}` counts: the machine's actions and the operators'.
+TRANSITIONS = ("start", *(str(a) for a in Action if a is not Action.HOLD), "hold", "pause", "resume", "approve")
 
 
 class RolloutMetrics:
@@ -33,6 +36,7 @@ class RolloutMetrics:
 
     def __init__(self, registry: CollectorRegistry):
         self.registry = registry
+        self._seen: set[str] = set()
         self.percent = Gauge(ROLLOUT_CANARY_PERCENT, "Canary traffic share (0-100).", ["model"], registry=registry)
         self.phase = Gauge(ROLLOUT_PHASE, "1 for the rollout's current phase.", ["model", "phase"], registry=registry)
         self.verdict = Gauge(
@@ -51,6 +55,11 @@ class RolloutMetrics:
                 self.verdict.labels(model, result.gate, str(verdict)).set(1.0 if result.verdict is verdict else 0.0)
 
     def transition(self, model: str, action: str, phase: Phase, percent: int) -> None:
+        if model not in self._seen:
+            # Every series from 0, so the first promotion is an increase() and a dashboard annotation.
+            self._seen.add(model)
+            for known in TRANSITIONS:
+                self.transitions.labels(model, known)
         self.transitions.labels(model, action).inc()
         for p in Phase:
             self.phase.labels(model, str(p)).set(1.0 if p is phase else 0.0)
@@ -60,10 +69,8 @@ class RolloutMetrics:
 def reconcile_all(backend, tracking_uri: str, namespace: str | None, provider=None, metrics=None) -> list[Decision]:
     """One pass over every InferenceService with a canary (in `namespace`, or everywhere)."""
     decisions = []
-    for obj in backend.list():
+    for obj in backend.list(namespace):
         meta = obj["metadata"]
-        if namespace and meta.get("namespace") != namespace:
-            continue
         if canary_percent(obj) is None:
             continue
         try:

@@ -21,17 +21,8 @@ K8S_VERSION=$(awk '/^require k8s.io\/kubernetes/ {print $3}' tools/cluster/go.mo
 
 cache=${SHEPHERD_CACHE:-$HOME/.cache/shepherd}
 tool=${1:-}
-
-need_go() {
-  command -v go >/dev/null || { echo "error: Go is needed to build $tool (https://go.dev/dl)" >&2; exit 1; }
-}
-
-# Serialise builds of one tool (pytest-xdist workers, two checkouts on one machine).
-lock() {
-  mkdir -p "$1"
-  exec 9>"$1/.lock"
-  command -v flock >/dev/null && flock 9 || true
-}
+# shellcheck source=scripts/tool-lib.sh
+source scripts/tool-lib.sh
 
 helm_tool() {
   local dir=$cache/go-tools/helm-$HELM_VERSION
@@ -76,25 +67,6 @@ kubectl_tool() {
     fi
   fi
   echo "$dir/kubectl"
-}
-
-# A PyPI-packaged tool in its own venv (never in the project's .venv or the shared stack).
-pip_tool() {
-  local name=$1 version=$2 binary=$3; shift 3
-  local dir=$cache/tools-$name-$version
-  if [ ! -f "$dir/.complete" ]; then
-    local python=${PYTHON:-python3.11}
-    command -v "$python" >/dev/null || python=python3
-    lock "$cache/locks/tools-$name-$version"
-    if [ ! -f "$dir/.complete" ]; then
-      echo "==> installing $name $version into $dir (once per machine)" >&2
-      rm -rf "$dir"
-      "$python" -m venv "$dir"
-      "$dir/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir "$@" >&2
-      touch "$dir/.complete"
-    fi
-  fi
-  echo "$dir/bin/$binary"
 }
 
 case "$tool" in

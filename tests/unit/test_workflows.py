@@ -188,3 +188,16 @@ def test_the_workflow_does_not_interpolate_secrets_into_scripts():
     """Secrets reach `run:` blocks through env only (no `${{ secrets.* }}` inside a script)."""
     for name in workflow()["jobs"]:
         assert "secrets." not in run_lines(name), name
+
+
+def test_the_repository_scripts_pass_shellcheck():
+    scripts = sorted(str(p.relative_to(REPO)) for p in (REPO / "scripts").glob("*.sh"))
+    result = subprocess.run(
+        [str(infra_tool("shellcheck")), "-x", *scripts],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout

@@ -298,7 +298,8 @@ def render(results: dict, drift: dict) -> str:
         f"Drift service: {drift['events_per_second']:,.0f} CloudEvents/s ingested over HTTP (one client, request + "
         f"response events, in-process ASGI transport); a drift computation over a 500-row window against a "
         f"1,000-row reference takes {drift['service_ms']:.0f} ms through the service vs {drift['direct_ms']:.0f} ms "
-        f"calling Evidently directly ({drift['service_ms'] / drift['direct_ms']:.2f}x; the service also sets the gauges).",
+        f"calling Evidently directly ({drift['service_ms'] / drift['direct_ms']:.2f}x; "
+        "the service also sets the gauges).",
     ]
     return "\n".join(lines)
 

@@ -11,17 +11,13 @@ from kfp import dsl
 from components.adapter import step
 from components.spec import ModelSpec
 
-ENV_DRIFT_URL = "SHEPHERD_DRIFT_URL"  # on a cluster: the drift service's URL for KServe's payload logger
 
-
-def payload_log_url_for(serving_target: str) -> str | None:
+def payload_log_url_for(serving_target: str, drift_url: str = "") -> str | None:
     """Where the predictors' payload logger posts: the local plane's drift service, or on a cluster the
-    drift service the Helm chart installs (SHEPHERD_DRIFT_URL in the pipeline's environment)."""
-    import os
-
+    drift service the Helm chart installs (`drift_url`); None: no payload logs, no drift gates."""
     if serving_target.startswith(("http://", "https://")):
         return serving_target.rstrip("/") + "/drift/"
-    return os.environ.get(ENV_DRIFT_URL) or None
+    return drift_url or None
 
 
 def render(
@@ -49,6 +45,7 @@ def deploy_op(
     version: str,
     alias: str,
     serving_target: str,
+    drift_url: str,
     inference_service: dsl.Output[dsl.Artifact],
 ):
     """Render the InferenceService for the promoted version, save it, and apply it if a plane is given."""
@@ -60,7 +57,9 @@ def deploy_op(
 
     spec = parse_spec(spec_yaml)
     champion = registry.champion_version(registry.connect(tracking_uri), spec.name)
-    obj = render(spec, version, alias, champion.version if champion else None, payload_log_url_for(serving_target))
+    obj = render(
+        spec, version, alias, champion.version if champion else None, payload_log_url_for(serving_target, drift_url)
+    )
     with open(inference_service.path, "w") as handle:
         handle.write(to_yaml(obj))
     inference_service.metadata.update({"name": spec.name, "version": version, "alias": alias})

@@ -40,6 +40,7 @@ logger = logging.getLogger("shepherd.webhook")
 ENV_TOKEN = "SHEPHERD_WEBHOOK_TOKEN"
 ENV_NAMESPACE = "SHEPHERD_NAMESPACE"
 ENV_KFP_HOST = "SHEPHERD_KFP_HOST"
+ENV_DRIFT_URL = "SHEPHERD_DRIFT_URL"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -115,10 +116,11 @@ class LocalRetrainer:
 class KfpRetrainer:
     """A run of the compiled training pipeline on a KFP server, with the champion's stored spec."""
 
-    def __init__(self, host: str, tracking_uri: str, pipeline_package: Path):
+    def __init__(self, host: str, tracking_uri: str, pipeline_package: Path, drift_url: str = ""):
         self.host = host
         self.tracking_uri = tracking_uri
         self.package = pipeline_package
+        self.drift_url = drift_url
 
     def __call__(self, model: str, reason: str) -> str:
         import kfp
@@ -127,7 +129,12 @@ class KfpRetrainer:
             spec_yaml = _champion_spec(self.tracking_uri, model, Path(tmp)).read_text()
         run = kfp.Client(host=self.host).create_run_from_pipeline_package(
             str(self.package),
-            arguments={"spec_yaml": spec_yaml, "tracking_uri": self.tracking_uri, "serving_target": "kubernetes"},
+            arguments={
+                "spec_yaml": spec_yaml,
+                "tracking_uri": self.tracking_uri,
+                "serving_target": "kubernetes",
+                "drift_url": self.drift_url,
+            },
             run_name=f"{model}-retrain-{int(time.time())}",
             service_account="shepherd-pipeline-runner",  # manifests/base/pipeline-runner
         )
@@ -246,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--kfp-host", default=os.environ.get(ENV_KFP_HOST), help="retrain on KFP [env: SHEPHERD_KFP_HOST]"
     )
+    parser.add_argument(
+        "--drift-url", default=os.environ.get(ENV_DRIFT_URL, ""), help="for retraining runs [env: SHEPHERD_DRIFT_URL]"
+    )
     parser.add_argument("--home", type=Path, default=Path(".shepherd"), help="local retraining runs' home")
     parser.add_argument("--cooldown-seconds", type=float, default=3600, help="at most one retraining per model per ...")
     args = parser.parse_args(argv)
@@ -256,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--tracking-uri or MLFLOW_TRACKING_URI is required")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.kfp_host:
-        retrain = KfpRetrainer(args.kfp_host, args.tracking_uri, REPO_ROOT / "pipelines" / "training_pipeline.yaml")
+        package = REPO_ROOT / "pipelines" / "training_pipeline.yaml"
+        retrain = KfpRetrainer(args.kfp_host, args.tracking_uri, package, args.drift_url)
     else:
         retrain = LocalRetrainer(args.home.resolve(), args.tracking_uri)
     actions = AlertActions(backend_for(args.backend), args.tracking_uri, args.namespace, retrain, args.cooldown_seconds)

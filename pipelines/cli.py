@@ -183,6 +183,12 @@ def submit(
         str,
         typer.Option(help="Kubernetes ServiceAccount the run's pods use ('' = KFP's default pipeline-runner)."),
     ] = "shepherd-pipeline-runner",
+    drift_url: Annotated[
+        str,
+        typer.Option(
+            help="The drift service the predictors log payloads to, e.g. http://shepherd-drift.shepherd:8080/."
+        ),
+    ] = "",
 ) -> None:
     """Submit a run of the compiled pipeline to a KFP server.
 
@@ -191,7 +197,9 @@ def submit(
     from pipelines.submit import submit_run
 
     model_spec = _load(spec)
-    run_id, state = submit_run(host, model_spec, tracking_uri, feature_repo, experiment, wait, deploy, service_account)
+    run_id, state = submit_run(
+        host, model_spec, tracking_uri, feature_repo, experiment, wait, deploy, service_account, drift_url
+    )
     console.print(f"submitted run {run_id} for {model_spec.name} to {host}" + (f": {state}" if state else ""))
 
 

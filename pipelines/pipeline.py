@@ -4,7 +4,8 @@
 Everything the run needs travels as parameters (the spec's YAML text, the tracking URI, the feature
 repo, where to deploy), so the same compiled YAML runs locally under `kfp.local` and on a KFP server.
 `serving_target`: "" renders the InferenceService only, "kubernetes" applies it to the cluster the
-step runs in, a URL applies it to a local serving plane.
+step runs in, a URL applies it to a local serving plane. `drift_url`: where the predictors' payload
+logger posts on a cluster (the chart's drift service); a local plane has its own.
 """
 
 from kfp import dsl
@@ -24,7 +25,9 @@ PIPELINE_NAME = "shepherd-training"
     name=PIPELINE_NAME,
     description="Validate, train, evaluate against @champion, register, and deploy a canary if promoted.",
 )
-def training_pipeline(spec_yaml: str, tracking_uri: str, feature_repo: str, serving_target: str = ""):
+def training_pipeline(
+    spec_yaml: str, tracking_uri: str, feature_repo: str, serving_target: str = "", drift_url: str = ""
+):
     extract = extract_op(spec_yaml=spec_yaml, tracking_uri=tracking_uri)
     extract.set_display_name("extract features (Feast, staged)")
     training_set = extract.outputs["training_set"]
@@ -71,5 +74,6 @@ def training_pipeline(spec_yaml: str, tracking_uri: str, feature_repo: str, serv
                 version=register.outputs["version"],
                 alias=register.outputs["alias"],
                 serving_target=serving_target,
+                drift_url=drift_url,
             )
             deploy.set_display_name("deploy (KServe InferenceService)")

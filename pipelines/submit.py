@@ -19,6 +19,7 @@ def submit_run(
     wait: bool,
     serving_target: str = "kubernetes",
     service_account: str = "shepherd-pipeline-runner",
+    drift_url: str = "",
 ) -> tuple[str, str | None]:
     """Compile, upload and start a run; returns (run id, final state if waited for)."""
     import kfp
@@ -34,6 +35,7 @@ def submit_run(
                     "tracking_uri": tracking_uri,
                     "feature_repo": feature_repo,
                     "serving_target": serving_target,
+                    "drift_url": drift_url,
                 },
                 run_name=f"{spec.name}-training",
                 experiment_name=experiment,

@@ -21,7 +21,18 @@ def window(requests, errors=0, latencies=()):
 
 @pytest.fixture
 def policy(churn_spec):
-    obj = build_inference_service(churn_spec, "2", champion_version="1", canary_percent=10)
+    """The policy of a spec with production-like settings (the demo spec's interval is shorter)."""
+    import yaml
+
+    from components.spec import parse_spec
+
+    data = yaml.safe_load(churn_spec.to_yaml())
+    data["deployment"].update(
+        canary_steps=[10, 25, 50, 100], interval_seconds=60, min_requests=50, failure_limit=2, manual_approval=False
+    )
+    data["deployment"]["gates"] = {"error_rate": {"max": 0.01}, "latency_p99_ratio": {"max": 1.5}}
+    spec = parse_spec(yaml.safe_dump(data))
+    obj = build_inference_service(spec, "2", champion_version="1", canary_percent=10)
     return Policy.from_annotation(obj["metadata"]["annotations"][ANNOTATION_POLICY])
 
 
@@ -29,7 +40,8 @@ def test_policy_on_the_object_comes_from_the_spec(policy):
     assert policy.steps == (10, 25, 50, 100)
     assert policy.gates["error_rate"] == Threshold(max=0.01)
     assert policy.gates["latency_p99_ratio"] == Threshold(max=1.5)
-    assert (policy.failure_limit, policy.min_requests, policy.manual_approval) == (2, 50, False)
+    assert (policy.interval_seconds, policy.failure_limit, policy.min_requests) == (60, 2, 50)
+    assert policy.manual_approval is False
 
 
 def test_error_rate_gate_boundary_and_no_data():

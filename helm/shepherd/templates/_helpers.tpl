@@ -202,6 +202,9 @@ app.kubernetes.io/part-of: shepherd
 - name: SHEPHERD_KFP_HOST
   value: {{ . | quote }}
 {{- end }}
+{{- /* Retraining runs point their predictors' payload logger at the drift service. */}}
+- name: SHEPHERD_DRIFT_URL
+  value: {{ include "shepherd.driftUrl" .root | quote }}
 {{- end }}
 {{- with (index $v .component).extraEnv }}
 {{ toYaml . }}

@@ -141,6 +141,18 @@ class KfpRetrainer:
         return f"KFP run {run.run_id}"
 
 
+def record_retraining(backend, namespace: str, model: str, message: str) -> None:
+    """An event on the model's InferenceService, so `shepherd history` shows why a run started."""
+    obj = backend.get(namespace, model)
+    if obj is None or not hasattr(backend, "record_event"):
+        return
+    champion = obj["metadata"].get("annotations", {}).get("shepherd.io/model-version", "?")
+    try:
+        backend.record_event(obj, reason="RetrainStarted", message=f"v{champion}: {message}", warning=True)
+    except Exception as exc:  # the run has started; a lost event must not turn that into a failure
+        logger.warning("could not record the retraining event for %s: %s", model, exc)
+
+
 def _champion_spec(tracking_uri: str, model: str, directory: Path) -> Path:
     from components import registry
 
@@ -202,6 +214,7 @@ class AlertActions:
             logger.error("retraining %s failed to start: %s", alert.model, exc)
             return {"outcome": "failed", "detail": str(exc)}
         logger.warning("retraining %s (%s): %s", alert.model, reason, started)
+        record_retraining(self.backend, alert.namespace or self.namespace, alert.model, f"{reason}; {started}")
         return {"outcome": "retraining", "detail": started}
 
 

@@ -4,6 +4,8 @@ Registered on the main app by `pipelines.cli` (imported at its end)."""
 
 from __future__ import annotations
 
+import contextlib
+import re
 import time
 from datetime import datetime
 from pathlib import Path
@@ -338,7 +340,8 @@ def history(
         console.print("[dim]no serving plane running: registry entries only[/]")
     for e in events:
         version, _, message = e["message"].partition(": ")
-        rows.append((e["time"], version, e["reason"].removeprefix("Rollout").lower(), message))
+        event = re.sub(r"(?<!^)(?=[A-Z])", " ", e["reason"].removeprefix("Rollout")).lower()  # RetrainStarted
+        rows.append((e["time"], version, event, message))
     if not rows:
         console.print(f"nothing recorded for {model!r}")
         raise typer.Exit(1)
@@ -398,7 +401,7 @@ def drift_check(
     import httpx
 
     from monitoring.rules import DRIFT_MIN_WINDOW_ROWS, DRIFT_SHARE_THRESHOLD
-    from monitoring.webhook import LocalRetrainer
+    from monitoring.webhook import LocalRetrainer, record_retraining
 
     settings = Settings.from_env(home=home, tracking_uri=tracking_uri)
     body = httpx.get(f"{_drift_url(home, drift_url)}/models/{model}", timeout=30).json()
@@ -418,7 +421,10 @@ def drift_check(
     if not retrain:
         console.print("[yellow]drift[/]: a retraining run would start (--no-retrain given)")
         return
-    started = LocalRetrainer(settings.home, settings.tracking_uri)(model, f"champion drift {share:.0%}")
+    reason = f"champion drift {share:.0%} (top PSI: {top})"
+    started = LocalRetrainer(settings.home, settings.tracking_uri)(model, reason)
+    with contextlib.suppress(NoBackend):  # with --drift-url and no local plane there is no object to note it on
+        record_retraining(_backend(None, settings), "models", model, f"{reason}; {started}")
     console.print(f"[yellow]drift[/]: retraining started ({started})")
 
 

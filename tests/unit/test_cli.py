@@ -10,8 +10,8 @@ from tests.conftest import CHURN_SPEC
 runner = CliRunner()
 
 
-def _invoke(*args: str):
-    result = runner.invoke(app, list(args), env={"COLUMNS": "200"})
+def _invoke(*args: str, env: dict | None = None):
+    result = runner.invoke(app, list(args), env={"COLUMNS": "200", **(env or {})})
     assert "Traceback" not in result.output
     return result
 
@@ -80,3 +80,35 @@ def test_param_override_must_be_key_value(tmp_path):
     assert result.exit_code == 2
     assert "training.params ['C', 'depth', 'max_iter'] do not fit logistic_regression" in result.output
     assert not (tmp_path / "pipeline-root").exists()
+
+
+def test_rollout_help_teaches_the_commands():
+    result = _invoke("rollout", "--help")
+    assert result.exit_code == 0
+    for command in ("watch", "rollback", "pause", "resume", "promote", "fault", "controller"):
+        assert command in result.output
+    assert "[default: every canary]" in _invoke("rollout", "watch", "--help").output  # brackets shown literally
+
+
+def test_rollout_commands_without_a_plane_say_how_to_start_one(tmp_path):
+    for args in (
+        ("rollout", "rollback", "churn"),
+        ("rollout", "watch"),
+        ("history", "churn"),
+        ("drift", "check", "churn"),
+    ):
+        result = _invoke(*args, "--home", str(tmp_path))
+        if args[0] == "history":  # the registry alone answers; an empty one has nothing for churn
+            assert result.exit_code == 1 and "nothing recorded for 'churn'" in result.output
+            continue
+        assert result.exit_code == 9, (args, result.output)
+        assert "shepherd up" in result.output
+
+
+def test_bad_options_are_refused_before_anything_runs(tmp_path):
+    fault = _invoke("rollout", "fault", "churn", "--error-rate", "1.5", "--home", str(tmp_path))
+    assert fault.exit_code == 2 and "--error-rate must be within 0..1" in fault.output
+    controller = _invoke("rollout", "controller", "--metrics", "graphite", "--port", "0")
+    assert controller.exit_code == 2 and "expected prometheus or scrape" in controller.output
+    no_url = _invoke("rollout", "controller", "--port", "0", env={"SHEPHERD_PROMETHEUS_URL": ""})
+    assert no_url.exit_code == 2 and "--prometheus-url" in no_url.output

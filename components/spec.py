@@ -168,6 +168,12 @@ class Deployment(_Strict):
     interval_seconds: int = Field(60, ge=1)
     gates: Gates = Gates()
     failure_limit: int = Field(2, ge=1, description="failed analyses before rolling back")
+    latency_floor_ms: float = Field(
+        25.0,
+        ge=0,
+        description="a canary whose p99 is under this many ms never fails latency_p99_ratio for being slow: "
+        "at millisecond scale the ratio measures scheduling noise, not a regression users feel",
+    )
     min_requests: int = Field(50, ge=1, description="canary requests per interval before a gate can pass")
     manual_approval: bool = Field(False, description="wait for `shepherd rollout promote` before the last step")
     cpu: str = "500m"

@@ -150,6 +150,7 @@ class CanaryThresholds:
     min_requests: int
     drift_share: Threshold
     prediction_psi: Threshold
+    latency_floor_seconds: float = 0.0
 
     @classmethod
     def of(cls, deployment: Deployment) -> CanaryThresholds:
@@ -166,6 +167,7 @@ class CanaryThresholds:
             policy.min_requests,
             gates["drift_share"],
             gates["prediction_psi"],
+            policy.latency_floor_seconds,
         )
 
 
@@ -245,6 +247,14 @@ def canary_alerts(
     n = thresholds.min_requests
     error_ratio = f"{REVISION_ERROR_RATIO}{_matchers(canary, model=model)}"
     ratio = f"{CANARY_P99_RATIO}{_matchers(canary, model=model)}"
+    p99 = f"{REVISION_P99}{_matchers(canary, model=model)}"
+    latency = thresholds.latency_p99_ratio
+    slow = f"{ratio} > {_number(latency.max)}" if latency.max is not None else ""
+    if slow and thresholds.latency_floor_seconds:
+        # As the gate: a canary under the floor is never "too slow" (milliseconds are noise).
+        slow = f"({slow})\nand on (model, version, role)\n({p99} > {_number(thresholds.latency_floor_seconds)})"
+    fast = f"{ratio} < {_number(latency.min)}" if latency.min is not None else ""
+    latency_breach = f"({slow}) or ({fast})" if slow and fast else (slow or fast)
     guard_canary = f"and on (model, version, role)\n({REVISION_REQUESTS}{_matchers(canary, model=model)} >= {n})"
     guard_champion = f"and on (model)\n(sum by (model) ({REVISION_REQUESTS}{_matchers(champion, model=model)}) >= {n})"
     rollback = {"severity": "critical", ALERT_ACTION_LABEL: _action("rollback"), THRESHOLDS_LABEL: source}
@@ -273,7 +283,7 @@ def canary_alerts(
         },
         {
             "alert": CANARY_LATENCY_HIGH,
-            "expr": f"({_outside(ratio, thresholds.latency_p99_ratio)})\n{guard_canary}\n{guard_champion}",
+            "expr": f"({latency_breach})\n{guard_canary}\n{guard_champion}",
             "for": ROLLBACK_FOR,
             "labels": dict(rollback),
             "annotations": {
@@ -285,7 +295,9 @@ def canary_alerts(
                     "The p99 latency of {{ $labels.model }} v{{ $labels.version }} (canary) over the last "
                     f'{FAST_WINDOW} is {{{{ $value | printf "%.2f" }}}} times the champion\'s over the same '
                     f"window; the latency_p99_ratio gate allows {latency_allowed} "
-                    f"(deployment.gates.latency_p99_ratio), with at least {n} requests on each revision "
+                    f"(deployment.gates.latency_p99_ratio; a canary p99 under "
+                    f"{thresholds.latency_floor_seconds * 1000:g} ms is never too slow: "
+                    f"deployment.latency_floor_ms), with at least {n} requests on each revision "
                     "(deployment.min_requests). Shepherd rolls the canary back to 0 % and restores the "
                     "@champion alias."
                 ),

@@ -41,6 +41,7 @@ def rollout_policy(spec: ModelSpec) -> dict:
         "intervalSeconds": d.interval_seconds,
         "failureLimit": d.failure_limit,
         "minRequests": d.min_requests,
+        "latencyFloorSeconds": d.latency_floor_ms / 1000,
         "manualApproval": d.manual_approval,
         "gates": {name: gate.model_dump(exclude_none=True) for name, gate in d.gates},
     }

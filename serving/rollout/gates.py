@@ -83,9 +83,16 @@ def error_rate(canary: Window, threshold: Threshold, min_requests: int) -> GateR
 
 
 def latency_ratio(
-    canary: Window, champion: Window, threshold: Threshold, min_requests: int, quantile: float = 0.99
+    canary: Window,
+    champion: Window,
+    threshold: Threshold,
+    min_requests: int,
+    quantile: float = 0.99,
+    floor_seconds: float = 0.0,
 ) -> GateResult:
-    """The canary's p99 latency relative to the champion's over the same interval."""
+    """The canary's p99 latency relative to the champion's over the same interval. Above the range's max
+    it fails only if the canary's p99 is also above `floor_seconds` (milliseconds are noise, not a
+    regression); below the range's min it fails whatever the floor (too fast: not doing the work?)."""
     name = f"latency_p{round(quantile * 100)}_ratio"
     if canary.requests < min_requests or champion.requests < min_requests:
         return GateResult(
@@ -98,14 +105,14 @@ def latency_ratio(
     if ours is None or theirs is None or theirs <= 0:
         return GateResult(name, Verdict.INCONCLUSIVE, "no latency histogram for one of the revisions")
     ratio = ours / theirs
+    measured = f"canary p{round(quantile * 100)} {ours * 1000:.1f} ms vs champion {theirs * 1000:.1f} ms = {ratio:.2f}x"
+    too_slow = threshold.max is not None and ratio > threshold.max
+    if too_slow and ours <= floor_seconds:
+        return GateResult(
+            name, Verdict.PASS, f"{measured}, under the {floor_seconds * 1000:g} ms floor where ratios are noise", ratio
+        )
     verdict = Verdict.PASS if threshold.check(ratio) else Verdict.FAIL
-    return GateResult(
-        name,
-        verdict,
-        f"canary p{round(quantile * 100)} {ours * 1000:.1f} ms vs champion "
-        f"{theirs * 1000:.1f} ms = {ratio:.2f}x, allowed {threshold}",
-        ratio,
-    )
+    return GateResult(name, verdict, f"{measured}, allowed {threshold}", ratio)
 
 
 def drift_share(share: float | None, threshold: Threshold) -> GateResult:

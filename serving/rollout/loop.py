@@ -97,7 +97,13 @@ def analyse(provider: MetricsProvider, obj: dict, policy: Policy, measurement) -
     gates = policy.gates
     results = [
         error_rate(canary, gates.get("error_rate", Threshold(max=0.01)), policy.min_requests),
-        latency_ratio(canary, champion, gates.get("latency_p99_ratio", Threshold(max=1.5)), policy.min_requests),
+        latency_ratio(
+            canary,
+            champion,
+            gates.get("latency_p99_ratio", Threshold(max=1.5)),
+            policy.min_requests,
+            floor_seconds=policy.latency_floor_seconds,
+        ),
     ]
     if has_payload_logger(obj):  # without payload logs there is no drift to measure, ever: not a gate then
         reading = provider.drift(obj["metadata"]["name"], revisions(obj)["canary"].version)

@@ -43,6 +43,7 @@ class Policy:
     min_requests: int
     manual_approval: bool
     gates: dict[str, Threshold]
+    latency_floor_seconds: float = 0.0  # a canary p99 under this never fails the latency gate as too slow
 
     @classmethod
     def from_annotation(cls, text: str) -> Policy:
@@ -54,6 +55,7 @@ class Policy:
             min_requests=raw["minRequests"],
             manual_approval=raw["manualApproval"],
             gates={name: Threshold(**bounds) for name, bounds in raw["gates"].items()},
+            latency_floor_seconds=raw.get("latencyFloorSeconds", 0.0),
         )
 
 

@@ -76,8 +76,9 @@ def test_promoted_challenger_gets_a_canary_next_to_the_champion(first_run, setti
     assert alias == "challenger"
     isvc = yaml.safe_load((good.run_dir / "deploy-op" / "inference_service").read_text())
     assert isvc["spec"]["canary"][0]["trafficPercent"] == 10
-    assert isvc["spec"]["predictor"]["containers"][0]["args"][-1] == "--model_uri=models:/churn/1"
-    assert isvc["spec"]["canary"][0]["predictor"]["containers"][0]["args"][-1] == f"--model_uri=models:/churn/{version}"
+    assert "--model_uri=models:/churn/1" in isvc["spec"]["predictor"]["containers"][0]["args"]
+    canary_args = isvc["spec"]["canary"][0]["predictor"]["containers"][0]["args"]
+    assert f"--model_uri=models:/churn/{version}" in canary_args and "--role=canary" in canary_args
     assert str(client.get_model_version_by_alias("churn", "challenger").version) == version
 
 

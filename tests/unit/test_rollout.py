@@ -182,3 +182,24 @@ def test_the_policy_on_the_object_carries_the_drift_gates(churn_spec):
     policy = Policy.from_annotation(obj["metadata"]["annotations"][ANNOTATION_POLICY])
     assert policy.gates["drift_share"] == Threshold(max=0.5)
     assert policy.gates["prediction_psi"] == Threshold(max=0.25)
+
+
+def test_latency_under_the_floor_is_never_too_slow_but_too_fast_still_fails():
+    champion = Window(1000, 0, ((0.001, 1000.0), (float("inf"), 1000.0)))  # p99 0.99 ms
+    slow_ms = Window(100, 0, ((0.001, 0.0), (0.01, 100.0), (float("inf"), 100.0)))  # p99 9.9 ms: 10x
+    slow_s = Window(100, 0, ((0.001, 0.0), (0.5, 100.0), (float("inf"), 100.0)))  # p99 495 ms
+    under = latency_ratio(slow_ms, champion, Threshold(max=1.5), 50, floor_seconds=0.025)
+    assert under.verdict is Verdict.PASS and "under the 25 ms floor" in under.reason
+    assert latency_ratio(slow_ms, champion, Threshold(max=1.5), 50).verdict is Verdict.FAIL  # no floor
+    assert latency_ratio(slow_s, champion, Threshold(max=1.5), 50, floor_seconds=0.025).verdict is Verdict.FAIL
+    too_fast = latency_ratio(champion, slow_ms, Threshold(min=0.5, max=1.5), 50, floor_seconds=0.025)
+    assert too_fast.verdict is Verdict.FAIL  # the floor never excuses a canary that is suspiciously fast
+
+
+def test_the_floor_travels_on_the_object(churn_spec):
+    obj = build_inference_service(churn_spec, "2", champion_version="1", canary_percent=10)
+    policy = Policy.from_annotation(obj["metadata"]["annotations"][ANNOTATION_POLICY])
+    assert policy.latency_floor_seconds == pytest.approx(churn_spec.deployment.latency_floor_ms / 1000)
+    older = json.loads(obj["metadata"]["annotations"][ANNOTATION_POLICY])
+    del older["latencyFloorSeconds"]  # an object written before the floor existed: no floor
+    assert Policy.from_annotation(json.dumps(older)).latency_floor_seconds == 0.0

@@ -60,15 +60,17 @@ SPECS_DIR = REPO / "specs"
 RUNBOOK = "docs/alerts-and-dashboards.md"
 
 # -- timing ----------------------------------------------------------------------------------------
-# Rollback within ROLLBACK_BUDGET_SECONDS of the first failing response, worst case: the predictors'
-# scrape interval (the Helm chart's PodMonitor must use SCRAPE_INTERVAL) + the canary group's evaluation
-# interval + `for` + Alertmanager's group_wait (monitoring/alertmanager.py) + the webhook's call.
+# Rollback within ROLLBACK_BUDGET_SECONDS of the first failing response, worst case: two of the
+# predictors' scrapes (a new canary revision has no increase() until Prometheus holds two samples of
+# it; the Helm chart's PodMonitor must use SCRAPE_INTERVAL) + the canary group's evaluation interval +
+# `for` + Alertmanager's group_wait (monitoring/alertmanager.py) + the webhook's call. `make bench`
+# measured 15-18.5 s at 5 s/5 s, which is why both are 3 s.
 ROLLBACK_BUDGET_SECONDS = 15
-SCRAPE_INTERVAL = "5s"
-# The fast window: 6 scrapes at the 5 s scrape interval, so one missed scrape does not blind it, and
+SCRAPE_INTERVAL = "3s"
+# The fast window: 10 scrapes at the 3 s scrape interval, so one missed scrape does not blind it, and
 # short enough that a canary which starts failing moves the ratio past 1 % at the first scrape after.
 FAST_WINDOW = "30s"
-CANARY_EVALUATION_INTERVAL = "5s"  # the group's own interval: a 30 s/1 m global default would blow the budget
+CANARY_EVALUATION_INTERVAL = "3s"  # the group's own interval: a 30 s/1 m global default would blow the budget
 SLOW_EVALUATION_INTERVAL = "30s"  # drift and serving health: minutes matter, not seconds
 # Rollback alerts act on the first evaluation that sees the breach; the request (or row) guard, not a
 # `for`, keeps them from acting on noise, exactly as the loop's gates do (too few requests = no verdict).

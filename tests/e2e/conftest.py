@@ -194,7 +194,7 @@ def monitoring_stack(monitoring_tools, tmp_path_factory, registered_churn, churn
         started.append(webhook)
         token = work / "webhook-token"
         token.write_text(WEBHOOK_TOKEN)
-        # The production configuration: default Alertmanager timing, the committed rules, 5 s scrapes.
+        # The production configuration: default Alertmanager timing, the committed rules, 3 s scrapes.
         am = start_alertmanager(work / "alertmanager", alertmanager.render(alertmanager.config(webhook.url, token)))
         started.append(am)
         config = prometheus_config(

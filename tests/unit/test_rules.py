@@ -256,7 +256,7 @@ def test_the_rollback_path_fits_the_timing_budget():
     group = next(g for g in rules.rule_groups() if g["name"] == rules.GROUP_CANARY)
     rollback_for = {r["for"] for r in group["rules"] if r.get("labels", {}).get(ALERT_ACTION_LABEL) == "rollback"}
     worst = (
-        _seconds(rules.SCRAPE_INTERVAL)
+        2 * _seconds(rules.SCRAPE_INTERVAL)  # a new revision: increase() needs two samples of it
         + _seconds(group["interval"])
         + max(_seconds(f) for f in rollback_for)
         + _seconds(alertmanager.DEFAULT_TIMING.group_wait)

@@ -107,7 +107,9 @@ def test_the_committed_rules_load_and_evaluate_cleanly(scraped):
     assert {g["name"] for g in groups} == {rules.GROUP_CANARY, rules.GROUP_DRIFT, rules.GROUP_SERVING}
     broken = [(r["name"], r.get("lastError")) for g in groups for r in g["rules"] if r["health"] != "ok"]
     assert not broken
-    assert {g["name"]: g["interval"] for g in groups}[rules.GROUP_CANARY] == 5
+    assert {g["name"]: g["interval"] for g in groups}[rules.GROUP_CANARY] == float(
+        rules.CANARY_EVALUATION_INTERVAL.removesuffix("s")
+    )
 
 
 def test_a_failing_canary_reaches_the_webhook(scraped):

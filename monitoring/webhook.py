@@ -17,6 +17,7 @@ start. A malformed body is a 400 naming the field; nothing here answers a client
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hmac
 import logging
 import os
@@ -33,6 +34,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
+from components.errors import ShepherdError
 from monitoring.metrics import ALERT_ACTION_LABEL
 
 logger = logging.getLogger("shepherd.webhook")
@@ -143,11 +145,13 @@ class KfpRetrainer:
 
 def record_retraining(backend, namespace: str, model: str, message: str) -> None:
     """An event on the model's InferenceService, so `shepherd history` shows why a run started."""
-    obj = backend.get(namespace, model)
-    if obj is None or not hasattr(backend, "record_event"):
+    if not hasattr(backend, "record_event"):
         return
-    champion = obj["metadata"].get("annotations", {}).get("shepherd.io/model-version", "?")
     try:
+        obj = backend.get(namespace, model)
+        if obj is None:
+            return
+        champion = obj["metadata"].get("annotations", {}).get("shepherd.io/model-version", "?")
         backend.record_event(obj, reason="RetrainStarted", message=f"v{champion}: {message}", warning=True)
     except Exception as exc:  # the run has started; a lost event must not turn that into a failure
         logger.warning("could not record the retraining event for %s: %s", model, exc)
@@ -197,6 +201,9 @@ class AlertActions:
                 )
             except LookupError as exc:
                 return {"outcome": "ignored", "detail": str(exc)}
+            except ShepherdError as exc:  # the backend or registry failed: Alertmanager retries on a 5xx
+                logger.error("rolling back %s failed: %s", alert.model, exc)
+                return {"outcome": "failed", "detail": str(exc)}
             if decision.action is Action.ROLLBACK:
                 logger.warning("rolled back %s v%s: %s", alert.model, decision.state.canary_version, reason)
                 return {"outcome": "rolled-back", "version": decision.state.canary_version}
@@ -237,10 +244,10 @@ def create_app(actions: AlertActions, token: str) -> FastAPI:
             parsed = parse_alerts(await request.json())
         except ValueError as exc:  # BadPayload, or a body that is not JSON
             return JSONResponse({"error": str(exc) if isinstance(exc, BadPayload) else "body: not JSON"}, 400)
-        import asyncio
-
         results = await asyncio.to_thread(actions.handle, parsed)
-        return JSONResponse({"results": results})
+        # A failed action is ours, not the sender's: 503 makes Alertmanager deliver the group again.
+        failed = any(r["outcome"] == "failed" for r in results)
+        return JSONResponse({"results": results}, status_code=503 if failed else 200)
 
     @app.get("/healthz")
     async def healthz() -> dict:

@@ -153,8 +153,11 @@ def reconcile_once(
         step = policy.steps.index(percent) if percent in policy.steps else 0
         state = State(roles["canary"].version, roles["champion"].version, step=step, step_started=now)
         decision = Decision(Action.HOLD, state, f"rollout started: canary v{state.canary_version} at {percent} %")
-        baseline = provider.measure(name, roles, policy.interval_seconds, None).baseline
-        _write(backend, obj, decision, baseline, policy)
+        try:
+            baseline = provider.measure(name, roles, policy.interval_seconds, None).baseline
+            _write(backend, obj, decision, baseline, policy)
+        except (MetricsUnavailable, ConflictError) as exc:
+            return Decision(Action.HOLD, state, f"not started yet: {exc}; trying again on the next reconcile")
         _record(backend, obj, decision, "start", metrics, policy)
         return decision
 
@@ -191,8 +194,20 @@ def reconcile_once(
 
 
 def operate(backend, tracking_uri: str, namespace: str, name: str, command: str, reason: str = "") -> Decision:
-    """What a person asks of a rollout: `rollback`, `pause`, `resume`, or `approve` the last step (it
-    still needs its gates to pass)."""
+    """What a person (or an alert) asks of a rollout: `rollback`, `pause`, `resume`, or `approve` the last
+    step (it still needs its gates to pass). A concurrent write is re-read and the command applied again."""
+    for _ in range(OPERATE_RETRIES):
+        try:
+            return _operate_once(backend, tracking_uri, namespace, name, command, reason)
+        except ConflictError:
+            continue
+    return _operate_once(backend, tracking_uri, namespace, name, command, reason)
+
+
+OPERATE_RETRIES = 3
+
+
+def _operate_once(backend, tracking_uri: str, namespace: str, name: str, command: str, reason: str) -> Decision:
     obj = backend.get(namespace, name)
     if obj is None or canary_percent(obj) is None or ANNOTATION_STATE not in obj["metadata"]["annotations"]:
         raise LookupError(f"no rollout in progress for {namespace}/{name}")

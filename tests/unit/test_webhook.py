@@ -103,3 +103,37 @@ def test_alerts_that_ask_for_nothing_do_nothing(webhook):
 def test_parse_alerts_reads_alertmanager_v4():
     (parsed,) = parse_alerts({"version": "4", "status": "firing", "alerts": [alert("A", "rollback")]})
     assert (parsed.name, parsed.action, parsed.model, parsed.status) == ("A", "rollback", "churn", "firing")
+
+
+class UnreachableBackend:
+    """The serving backend at its process edge: the API server does not answer."""
+
+    def get(self, namespace, name):
+        from serving.backends import ServingError
+
+        raise ServingError("the local serving plane at http://127.0.0.1:1 is not answering")
+
+
+def test_a_failed_action_is_a_503_so_alertmanager_delivers_again():
+    calls = []
+
+    def retrain(model: str, reason: str) -> str:
+        calls.append(model)
+        if len(calls) == 1:
+            raise RuntimeError("KFP is down")
+        return "run 2"
+
+    actions = AlertActions(UnreachableBackend(), "sqlite:///unused.db", "models", retrain)
+    client = TestClient(create_app(actions, TOKEN))
+    rollback = client.post("/alerts", json={"alerts": [alert("ShepherdCanaryErrorRateHigh", "rollback")]}, headers=AUTH)
+    assert rollback.status_code == 503
+    assert rollback.json()["results"][0] == {
+        "alert": "ShepherdCanaryErrorRateHigh",
+        "model": "churn",
+        "outcome": "failed",
+        "detail": "the local serving plane at http://127.0.0.1:1 is not answering",
+    }
+    first = client.post("/alerts", json={"alerts": [alert()]}, headers=AUTH)
+    assert first.status_code == 503 and first.json()["results"][0]["detail"] == "KFP is down"
+    again = client.post("/alerts", json={"alerts": [alert()]}, headers=AUTH)  # the retry is not "deduplicated"
+    assert again.status_code == 200 and again.json()["results"][0]["outcome"] == "retraining"

@@ -18,7 +18,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -104,6 +103,7 @@ def _measure_rollback(backend, spec, version: str, traffic: Traffic, timeout: fl
 def run_bench(repeats: int) -> dict:
     from components.spec import load_spec
     from monitoring import alertmanager, rules
+    from monitoring.webhook import webhook_command
     from pipelines.direct import train_and_register
     from serving.backends import LocalBackend, start_plane, stop_plane
     from serving.inference_service import build_inference_service
@@ -111,7 +111,7 @@ def run_bench(repeats: int) -> dict:
     from serving.rollout import controller
     from serving.traffic import instances
     from tests.conftest import CHURN_SPEC
-    from tests.support.prometheus import start_alertmanager, start_prometheus
+    from tests.support.prometheus import plane_scrape_configs, start_alertmanager, start_prometheus
 
     base = load_spec(CHURN_SPEC)
     from components import data
@@ -137,21 +137,7 @@ def run_bench(repeats: int) -> dict:
             token.write_text(TOKEN)
             hook_port = free_port()
             hook = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "monitoring.webhook",
-                    "--port",
-                    str(hook_port),
-                    "--token-file",
-                    str(token),
-                    "--tracking-uri",
-                    uri,
-                    "--backend",
-                    plane.url,
-                    "--home",
-                    str(home),
-                ],
+                webhook_command(hook_port, token, uri, plane.url, home),
                 cwd=REPO,
                 stdout=open(home / "webhook.log", "w"),  # noqa: SIM115
                 stderr=subprocess.STDOUT,
@@ -172,13 +158,7 @@ def run_bench(repeats: int) -> dict:
                     "alerting": {
                         "alertmanagers": [{"static_configs": [{"targets": [am.url.removeprefix("http://")]}]}]
                     },
-                    "scrape_configs": [
-                        {
-                            "job_name": "shepherd-predictor",
-                            "honor_labels": True,
-                            "http_sd_configs": [{"url": f"{plane.url}/sd/predictors", "refresh_interval": "1s"}],
-                        }
-                    ],
+                    "scrape_configs": plane_scrape_configs(plane.url, drift=False),
                 },
             )
             return [prometheus, am, Stoppable(hook)]

@@ -225,6 +225,20 @@ class AlertActions:
         return {"outcome": "retraining", "detail": started}
 
 
+def webhook_command(port: int, token_file: Path, tracking_uri: str, backend: str, home: Path) -> list[str]:
+    """The command line that runs the webhook against a backend (the tests, the benchmark)."""
+    return [
+        sys.executable,
+        "-m",
+        "monitoring.webhook",
+        f"--port={port}",
+        f"--token-file={token_file}",
+        f"--tracking-uri={tracking_uri}",
+        f"--backend={backend}",
+        f"--home={home}",
+    ]
+
+
 def create_app(actions: AlertActions, token: str) -> FastAPI:
     if not token:
         raise ValueError("the webhook needs a bearer token; refusing to accept unauthenticated alerts")

@@ -14,7 +14,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from components import registry
 from components.spec import parse_spec
 from monitoring import alertmanager, rules
 from monitoring.metrics import ROLLOUT_GATE_VERDICT
+from monitoring.webhook import webhook_command
 from pipelines.direct import train_and_register
 from serving.backends import LocalBackend, start_plane, stop_plane
 from serving.inference_service import build_inference_service
@@ -37,7 +37,7 @@ from serving.rollout import controller
 from serving.rollout.loop import TAG_ROLLOUT, canary_percent
 from serving.rollout.providers import PrometheusProvider
 from serving.traffic import instances
-from tests.support.prometheus import start_alertmanager, start_prometheus
+from tests.support.prometheus import plane_scrape_configs, start_alertmanager, start_prometheus
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "e2e-secret-token"
@@ -111,21 +111,7 @@ def stack(tmp_path_factory, churn_spec, churn_frame):
     webhook_port = free_port()
     webhook_log = home / "webhook.log"
     webhook = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "monitoring.webhook",
-            "--port",
-            str(webhook_port),
-            "--token-file",
-            str(token_file),
-            "--tracking-uri",
-            uri,
-            "--backend",
-            plane.url,
-            "--home",
-            str(home),
-        ],
+        webhook_command(webhook_port, token_file, uri, plane.url, home),
         cwd=REPO,
         stdout=open(webhook_log, "w"),  # noqa: SIM115 (closed with the process)
         stderr=subprocess.STDOUT,
@@ -145,26 +131,13 @@ def stack(tmp_path_factory, churn_spec, churn_frame):
                 rule["for"] = "0s"
     rule_file = home / "shepherd.rules.yaml"
     rule_file.write_text(rules.render(groups))
-    plane_host = plane.url.removeprefix("http://")
     prometheus = start_prometheus(
         home / "prometheus",
         {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(rule_file)],
             "alerting": {"alertmanagers": [{"static_configs": [{"targets": [am.url.removeprefix("http://")]}]}]},
-            "scrape_configs": [
-                {
-                    "job_name": "shepherd-predictor",
-                    "honor_labels": True,
-                    "http_sd_configs": [{"url": f"{plane.url}/sd/predictors", "refresh_interval": "1s"}],
-                },
-                {
-                    "job_name": "shepherd-drift",
-                    "honor_labels": True,
-                    "metrics_path": "/drift/metrics",
-                    "static_configs": [{"targets": [plane_host]}],
-                },
-            ],
+            "scrape_configs": plane_scrape_configs(plane.url),
         },
     )
 

@@ -176,6 +176,28 @@ def prometheus_config(
     return config
 
 
+def plane_scrape_configs(plane_url: str, drift: bool = True) -> list[dict]:
+    """Scrape jobs for a local serving plane: its revisions through Prometheus' HTTP service discovery
+    (they come and go with their ports, as pods do), and its drift service."""
+    jobs = [
+        {
+            "job_name": "shepherd-predictor",
+            "honor_labels": True,
+            "http_sd_configs": [{"url": f"{plane_url}/sd/predictors", "refresh_interval": "1s"}],
+        }
+    ]
+    if drift:
+        jobs.append(
+            {
+                "job_name": "shepherd-drift",
+                "honor_labels": True,
+                "metrics_path": "/drift/metrics",
+                "static_configs": [{"targets": [plane_url.removeprefix("http://")]}],
+            }
+        )
+    return jobs
+
+
 def start_prometheus(workdir: Path, config: dict) -> Prometheus:
     """Start Prometheus with `config` (see prometheus_config) and wait until it is ready."""
     path = binary(PROMETHEUS)

@@ -1,14 +1,18 @@
 """Benchmark: serving throughput and latency, side by side in one run, driven by wrk on loopback.
 
 Targets, all serving the same registered churn model (or nothing, for the floor):
-  shepherd          Shepherd's predictor as deployed (ONNX Runtime behind kserve.ModelServer, no per-request logs)
-  shepherd-verbose  the same with KServe's per-request log lines (--log_each_request)
+  shepherd          Shepherd's predictor as deployed (ONNX Runtime behind kserve.ModelServer on uvloop, no
+                    per-request logs nor the middleware that times them)
+  shepherd-asyncio  the same on the standard asyncio loop (--event-loop asyncio): what uvloop buys
+  shepherd-verbose  the same with KServe's per-request log lines and their timing middleware (--log_each_request)
   mlserver          MLServer 1.7.1 + mlserver-sklearn serving the same scikit-learn pipeline (V2, pandas codec)
   kserve-constant   kserve.ModelServer with a model that returns a constant: KServe's own framework cost
   fastapi-floor     FastAPI under uvicorn answering a constant (the floor KServe is built on)
   asgi-floor        a bare ASGI app under uvicorn answering a constant: the transport floor
-Each is measured at batch 1 and batch 32 with `wrk -t2 -c8 --latency` after a warm-up. The load
-generator shares the 2 cores with the server, so ratios matter more than absolute numbers.
+Each is measured at batch 1 and batch 32 with `wrk -t2 -c8 --latency` after a warm-up, in interleaved
+rounds (every target once per round) so that a slow spell of the shared machine hits all targets alike;
+the report gives each target's median round. The load generator shares the 2 cores with the server,
+so ratios matter more than absolute numbers.
 
 MLServer lives in its own venv under ~/.cache/shepherd (it pins other versions than the stack).
 """
@@ -37,7 +41,15 @@ MLSERVER_VENV = Path(os.environ.get("SHEPHERD_CACHE", Path.home() / ".cache" / "
     f"bench-mlserver-{MLSERVER_VERSION}"
 )
 SECTION = "## Serving throughput and latency (issue B)"
-TARGETS = ("shepherd", "shepherd-verbose", "mlserver", "kserve-constant", "fastapi-floor", "asgi-floor")
+TARGETS = (
+    "shepherd",
+    "shepherd-asyncio",
+    "shepherd-verbose",
+    "mlserver",
+    "kserve-constant",
+    "fastapi-floor",
+    "asgi-floor",
+)
 
 
 def ensure_mlserver() -> Path:
@@ -77,13 +89,13 @@ def wait_ready(url: str, process: subprocess.Popen, seconds: float = 120) -> Non
     raise RuntimeError(f"{url} not ready after {seconds} s")
 
 
-def wrk(url: str, body: str, seconds: int, workdir: Path) -> dict:
+def wrk(url: str, body: str, seconds: int, workdir: Path, warm_up: bool) -> dict:
     script = workdir / "post.lua"
     script.write_text(
         f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [==[{body}]==]\n'
     )
-    # Warm-up (JIT-free Python still warms caches, connection pools, allocator).
-    subprocess.run(["wrk", "-t2", "-c8", "-d2s", "-s", str(script), url], capture_output=True, check=True)
+    if warm_up:  # JIT-free Python still warms caches, connection pools, allocator.
+        subprocess.run(["wrk", "-t2", "-c8", "-d2s", "-s", str(script), url], capture_output=True, check=True)
     out = subprocess.run(
         ["wrk", "-t2", "-c8", f"-d{seconds}s", "--latency", "-s", str(script), url],
         capture_output=True,
@@ -107,7 +119,8 @@ def wrk(url: str, body: str, seconds: int, workdir: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md")
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--seconds", type=int, default=6, help="length of one wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median round is reported")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk")
@@ -177,6 +190,7 @@ def main() -> None:
         kserve_constant = [sys.executable, "-m", "benchmarks.floor_app", str(ports["kserve-constant"])]
         servers = {
             "shepherd": start("shepherd", predictor("shepherd")),
+            "shepherd-asyncio": start("shepherd-asyncio", predictor("shepherd-asyncio", "--event-loop", "asyncio")),
             "shepherd-verbose": start("shepherd-verbose", predictor("shepherd-verbose", "--log_each_request")),
             "mlserver": start("mlserver", [str(mlserver), "start", "."], cwd=work / "mlserver"),
             "kserve-constant": start("kserve-constant", kserve_constant),
@@ -186,7 +200,7 @@ def main() -> None:
             "asgi-floor": start("asgi-floor", [*uvicorn, str(ports["asgi-floor"]), "benchmarks.floor_app:app"]),
         }
         try:
-            for name in ("shepherd", "shepherd-verbose", "mlserver", "kserve-constant"):
+            for name in ("shepherd", "shepherd-asyncio", "shepherd-verbose", "mlserver", "kserve-constant"):
                 wait_ready(f"http://127.0.0.1:{ports[name]}/v2/health/ready", servers[name])
             wait_ready(f"http://127.0.0.1:{ports['fastapi-floor']}/docs", servers["fastapi-floor"])
             wait_ready(f"http://127.0.0.1:{ports['asgi-floor']}/", servers["asgi-floor"])
@@ -214,6 +228,7 @@ def main() -> None:
                 v1_path = "/v1/models/churn:predict"
                 targets = {
                     "shepherd": (f"http://127.0.0.1:{ports['shepherd']}{v1_path}", v1),
+                    "shepherd-asyncio": (f"http://127.0.0.1:{ports['shepherd-asyncio']}{v1_path}", v1),
                     "shepherd-verbose": (f"http://127.0.0.1:{ports['shepherd-verbose']}{v1_path}", v1),
                     "mlserver": (f"http://127.0.0.1:{ports['mlserver']}/v2/models/churn/infer", v2),
                     "kserve-constant": (f"http://127.0.0.1:{ports['kserve-constant']}{v1_path}", v1),
@@ -224,9 +239,14 @@ def main() -> None:
                     check = httpx.post(url, content=body, headers={"content-type": "application/json"}, timeout=30)
                     if check.status_code != 200:
                         raise RuntimeError(f"{name} answered {check.status_code}: {check.text[:300]}")
-                    print(f"[bench] {name} batch {batch}…", flush=True)
-                    results[(name, batch)] = wrk(url, body, args.seconds, work)
-                    print(f"[bench]   {results[(name, batch)]}", flush=True)
+                rounds: dict[str, list[dict]] = {name: [] for name in targets}
+                for round_number in range(1, args.rounds + 1):
+                    for name, (url, body) in targets.items():
+                        print(f"[bench] batch {batch}, round {round_number}/{args.rounds}: {name}…", flush=True)
+                        rounds[name].append(wrk(url, body, args.seconds, work, warm_up=round_number == 1))
+                        print(f"[bench]   {rounds[name][-1]}", flush=True)
+                for name, runs in rounds.items():
+                    results[(name, batch)] = median_round(runs)
         finally:
             for process in processes:
                 process.terminate()
@@ -235,22 +255,30 @@ def main() -> None:
                     process.wait(timeout=20)
                 except subprocess.TimeoutExpired:
                     process.kill()
-    write_report(args.output, results, args.seconds, machine())
+    write_report(args.output, results, args.seconds, args.rounds, machine())
 
 
-def write_report(path: Path, results: dict, seconds: int, machine_text: str) -> None:
+def median_round(runs: list[dict]) -> dict:
+    """The run with the median throughput (its own latencies), and the non-2xx answers of all runs."""
+    middle = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
+    return {**middle, "non_2xx": sum(r["non_2xx"] for r in runs), "all_rps": [r["rps"] for r in runs]}
+
+
+def write_report(path: Path, results: dict, seconds: int, rounds: int, machine_text: str) -> None:
     lines = [
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine_text}; `make bench`.",
-        f"wrk -t2 -c8 -d{seconds}s --latency on loopback, same 2 cores as the servers; churn model "
-        "(19 features, logistic regression pipeline). Every response checked 200 before the run.",
+        f"wrk -t2 -c8 -d{seconds}s --latency on loopback, same 2 cores as the servers, {rounds} interleaved "
+        "rounds, median round shown; churn model (19 features, logistic regression pipeline). Every "
+        "response checked 200 before the runs.",
         "",
-        "| target | batch | req/s | rows/s | p50 ms | p99 ms | non-2xx |",
-        "|---|---|---|---|---|---|---|",
+        "| target | batch | req/s | rows/s | p50 ms | p99 ms | non-2xx | req/s of each round |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for (name, batch), r in results.items():
+        each = ", ".join(f"{rps:.0f}" for rps in r["all_rps"])
         lines.append(
             f"| {name} | {batch} | {r['rps']:.0f} | {r['rps'] * batch:.0f} | {r['p50_ms']:.2f} | "
-            f"{r['p99_ms']:.2f} | {r['non_2xx']} |"
+            f"{r['p99_ms']:.2f} | {r['non_2xx']} | {each} |"
         )
     lines.append("")
     for batch in (1, 32):
@@ -261,7 +289,8 @@ def write_report(path: Path, results: dict, seconds: int, machine_text: str) -> 
             f"{r['shepherd']['p99_ms']:.1f} vs {r['mlserver']['p99_ms']:.1f} ms. Shepherd / KServe with a constant "
             f"model {ours / r['kserve-constant']['rps']:.2f}; "
             f"/ FastAPI floor **{ours / r['fastapi-floor']['rps']:.2f}**;"
-            f" / bare ASGI floor {ours / r['asgi-floor']['rps']:.2f}. Per-request log lines cost "
+            f" / bare ASGI floor {ours / r['asgi-floor']['rps']:.2f}. uvloop / asyncio "
+            f"{ours / r['shepherd-asyncio']['rps']:.2f}x; per-request log lines and their timing middleware cost "
             f"{1 - r['shepherd-verbose']['rps'] / ours:.0%} of the throughput."
         )
     body = "\n".join(lines)

@@ -7,9 +7,15 @@ Labels: `model` (registered model name), `version` (registered version being ser
 
 from __future__ import annotations
 
+import math
+import threading
 from dataclasses import dataclass
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 REQUESTS_TOTAL = "shepherd_predictor_requests_total"
 REQUEST_DURATION_SECONDS = "shepherd_predictor_request_duration_seconds"
@@ -45,13 +51,70 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 SCORE_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 
 
+class BatchHistogram(Collector):
+    """A Prometheus histogram that takes a whole batch of values in one call.
+
+    prometheus-client's Histogram takes one value per `observe` (about 1.5 µs each: 49 µs for the 32
+    rows of one request here); this one counts a batch with numpy (about 5 µs) and exports the same
+    `_bucket{le}` (cumulative), `_count` and `_sum` series as that Histogram (no `_created`)."""
+
+    def __init__(self, name: str, documentation: str, labelnames, buckets, registry: CollectorRegistry):
+        self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
+        self.bounds = np.array([*buckets, math.inf], dtype=np.float64)
+        self._children: dict[tuple[str, ...], _BatchHistogramChild] = {}
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def labels(self, **labels: str) -> _BatchHistogramChild:
+        key = tuple(str(labels[n]) for n in self.labelnames)
+        with self._lock:
+            return self._children.setdefault(key, _BatchHistogramChild(self.bounds))
+
+    def describe(self):
+        return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+
+    def collect(self):
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        with self._lock:
+            children = list(self._children.items())
+        for key, child in children:
+            counts, total = child.snapshot()
+            cumulative = np.cumsum(counts).tolist()
+            buckets = [(floatToGoString(b), c) for b, c in zip(self.bounds.tolist(), cumulative, strict=True)]
+            family.add_metric(list(key), buckets, total)
+        yield family
+
+
+class _BatchHistogramChild:
+    def __init__(self, bounds: np.ndarray):
+        self._bounds = bounds
+        self._counts = np.zeros(len(bounds), dtype=np.int64)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe_many(self, values) -> None:
+        """Count every value: a value on a bucket's upper bound belongs to it (`le`)."""
+        values = np.asarray(values, dtype=np.float64)
+        counts = np.bincount(np.searchsorted(self._bounds, values, side="left"), minlength=len(self._bounds))
+        with self._lock:
+            self._counts += counts
+            self._sum += float(values.sum())
+
+    def observe(self, value: float) -> None:
+        self.observe_many([value])
+
+    def snapshot(self) -> tuple[np.ndarray, float]:
+        with self._lock:
+            return self._counts.copy(), self._sum
+
+
 @dataclass
 class PredictorMetrics:
     """The predictor's metrics for one served model version, registered in `registry`."""
 
     requests: Counter
     duration: Histogram
-    score: Histogram
+    score: BatchHistogram
     rows: Counter
 
     @classmethod
@@ -71,7 +134,7 @@ class PredictorMetrics:
                 buckets=LATENCY_BUCKETS,
                 registry=registry,
             ),
-            score=Histogram(
+            score=BatchHistogram(
                 PREDICTION_SCORE,
                 "Predicted probability of the positive class, per row.",
                 LABELS,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import itemgetter
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from components.spec import ModelSpec
 from components.train import MISSING_CATEGORY
 
 MAX_BATCH = 10_000
+NUMBER_TYPES = frozenset({int, float})
 NUMERIC_V2_TYPES = frozenset(
     {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 )
@@ -59,6 +61,8 @@ class PayloadParser:
         self.allowed = frozenset(self.names)
         self.entity_key = spec.entity.key
         self.lookup = lookup
+        # row -> tuple of its feature values, in rule order (itemgetter of one name returns a bare value)
+        self.row_values = itemgetter(*self.names) if len(self.names) > 1 else lambda row: (row[self.names[0]],)
 
     # -- V1 ---------------------------------------------------------------------------------------
     def from_v1(self, body: object) -> dict[str, list]:
@@ -83,11 +87,12 @@ class PayloadParser:
                 missing = next((n for n in self.names if n not in row), None)
                 if missing is not None:
                     raise PayloadError(f"instances[{i}].{missing}: required field missing")
-        columns = {}
-        for rule in self.rules:
-            values = [row[rule.name] for row in rows]
-            columns[rule.name] = self._column(rule, values, lambda j, n=rule.name: f"instances[{j}].{n}")
-        return columns
+        # Rows -> columns without a Python loop per value: a tuple of feature values per row, transposed.
+        transposed = zip(*map(self.row_values, rows), strict=True)
+        return {
+            rule.name: self._column(rule, list(values), lambda j, n=rule.name: f"instances[{j}].{n}")
+            for rule, values in zip(self.rules, transposed, strict=True)
+        }
 
     # -- V2 ---------------------------------------------------------------------------------------
     def from_v2(self, inputs: list) -> dict[str, list]:
@@ -145,10 +150,12 @@ class PayloadParser:
         """Validate one feature's values: a whole-column check for the common case, and the
         value-by-value walk (which names the offending row) only when that check fails."""
         if rule.numeric:
-            if all(type(v) is float or type(v) is int for v in values) and all(
-                -math.inf < v < math.inf for v in values
-            ):
-                return values
+            # Plain ints and floats only (no bools, no None), and a finite sum: no NaN nor infinity
+            # (a sum that overflows takes the slow path, which accepts it).
+            if NUMBER_TYPES.issuperset(map(type, values)):
+                total = sum(values)
+                if total - total == 0:
+                    return values
         elif rule.categories.issuperset(values):
             return values
         return [self._value(rule, v, where(j)) for j, v in enumerate(values)]
@@ -172,7 +179,8 @@ class PayloadParser:
 
     def _enrich(self, rows: list) -> list:
         """Replace rows that carry only the entity key with the online store's features."""
-        keyed = [i for i, row in enumerate(rows) if isinstance(row, dict) and set(row) == {self.entity_key}]
+        key = self.entity_key
+        keyed = [i for i, row in enumerate(rows) if isinstance(row, dict) and len(row) == 1 and key in row]
         if not keyed:
             return rows
         if self.lookup is None:
@@ -198,9 +206,9 @@ def to_model_inputs(spec: ModelSpec, columns: dict[str, list]) -> dict[str, np.n
     for f in spec.features:
         values = columns[f.name]
         if f.type == "category":
-            feeds[f.name] = np.array([MISSING_CATEGORY if v is None else v for v in values], dtype=object).reshape(
-                -1, 1
-            )
+            if None in values:
+                values = [MISSING_CATEGORY if v is None else v for v in values]
+            feeds[f.name] = np.array(values, dtype=object).reshape(-1, 1)
         else:
-            feeds[f.name] = np.array([np.nan if v is None else v for v in values], dtype=np.float32).reshape(-1, 1)
+            feeds[f.name] = np.array(values, dtype=np.float32).reshape(-1, 1)  # None becomes NaN
     return feeds

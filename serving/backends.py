@@ -74,6 +74,8 @@ class LocalBackend:
     def apply(self, obj: dict) -> dict:
         meta = obj["metadata"]
         response = self._call("PUT", f"{API}/namespaces/{meta['namespace']}/inferenceservices/{meta['name']}", obj)
+        if response.status_code == 409:
+            raise ConflictError(response.json().get("error", response.text))
         if response.status_code != 200:
             raise ServingError(f"applying {meta['name']}: {response.json().get('error', response.text)}")
         return response.json()

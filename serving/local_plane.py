@@ -65,6 +65,10 @@ class Revision:
         return f"http://127.0.0.1:{self.port}"
 
 
+class StaleWrite(Exception):
+    """A write based on an older resourceVersion than the stored object's: answered with a 409."""
+
+
 @dataclass
 class Deployment:
     """An applied InferenceService and the revisions serving it."""
@@ -177,7 +181,7 @@ class Plane:
             return
         for obj in json.loads(self.state_file.read_text()).values():
             try:
-                await self.apply(obj)
+                await self.apply(obj, restoring=True)  # keeps its resourceVersion: readers stay valid
             except Exception as exc:  # one broken object must not keep the others down
                 logger.error("could not restore %s: %s", obj["metadata"]["name"], exc)
 
@@ -221,8 +225,12 @@ class Plane:
         except subprocess.TimeoutExpired:
             revision.process.kill()
 
-    async def apply(self, obj: dict) -> Deployment:
-        """Create or update a deployment, reusing revisions that serve the same model URI."""
+    async def apply(self, obj: dict, restoring: bool = False) -> Deployment:
+        """Create or update a deployment, reusing revisions that serve the same model URI.
+
+        Like the API server, every write gets a new `metadata.resourceVersion`, and an object that
+        carries one is written only over that version (`StaleWrite` otherwise): the rollout loop and
+        the webhook decide from what they read, and neither may undo the other's write."""
         import httpx
 
         meta = obj["metadata"]
@@ -230,6 +238,15 @@ class Plane:
         (champion_uri, champion_v), canary, percent = desired_revisions(obj)
         async with self.lock, httpx.AsyncClient() as client:
             current = self.deployments.get(key)
+            if not restoring:
+                current_version = current.obj["metadata"].get("resourceVersion", "0") if current else "0"
+                read_version = meta.get("resourceVersion")
+                if read_version and read_version != current_version:
+                    raise StaleWrite(
+                        f"inferenceservice {key} changed since it was read (resourceVersion {read_version}, "
+                        f"now {current_version}); read it again"
+                    )
+                meta["resourceVersion"] = str(int(current_version) + 1)
             running = {}
             if current is not None:
                 for rev in (current.champion, current.canary):
@@ -417,6 +434,8 @@ def create_app(plane: Plane):
             return JSONResponse({"error": f"invalid InferenceService: {exc}"}, status_code=400)
         try:
             deployment = await plane.apply(obj)
+        except StaleWrite as exc:
+            return JSONResponse({"error": str(exc)}, status_code=409)
         except RuntimeError as exc:
             return JSONResponse({"error": str(exc)}, status_code=502)
         return JSONResponse(plane.with_status(deployment))

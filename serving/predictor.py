@@ -315,8 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--log_each_request",
         action="store_true",
-        help="KServe's per-request log lines (latency trace + access log); off by default: they cost about a "
-        "third of the throughput and the Prometheus metrics carry the same facts",
+        help="KServe's per-request log lines (latency trace + access log) and the middleware that times them; "
+        "off by default: they cost about a third of the throughput and the Prometheus metrics carry the same facts",
     )
     parser.add_argument(
         "--fault_error_rate",

@@ -15,7 +15,7 @@ from scipy.stats import binomtest
 
 from components.spec import parse_spec
 from pipelines.direct import train_and_register
-from serving.backends import LocalBackend, ServingError, start_plane, stop_plane
+from serving.backends import ConflictError, LocalBackend, ServingError, start_plane, stop_plane
 from serving.inference_service import build_inference_service
 from serving.local_plane import free_port
 from serving.traffic import instances, send
@@ -126,12 +126,40 @@ def test_bad_objects_are_refused_with_the_reason(plane, churn_spec):
         LocalBackend(plane["url"]).apply(missing)
 
 
+def canary_share_in_spec(obj: dict) -> int:
+    return obj["spec"]["canary"][0]["trafficPercent"]
+
+
+def test_a_write_from_a_stale_read_is_refused_and_changes_nothing(plane):
+    backend = LocalBackend(plane["url"])
+    read_by_loop = backend.get("models", "churn")
+    read_by_webhook = backend.get("models", "churn")
+    assert read_by_loop["metadata"]["resourceVersion"] == read_by_webhook["metadata"]["resourceVersion"]
+
+    read_by_webhook.pop("status")
+    read_by_webhook["spec"]["canary"][0]["trafficPercent"] = 0  # a rollback, written first
+    written = backend.apply(read_by_webhook)
+    assert int(written["metadata"]["resourceVersion"]) == int(read_by_loop["metadata"]["resourceVersion"]) + 1
+
+    read_by_loop.pop("status")
+    read_by_loop["spec"]["canary"][0]["trafficPercent"] = 50  # decided from the older read
+    with pytest.raises(ConflictError, match="changed since it was read"):
+        backend.apply(read_by_loop)
+    assert canary_share_in_spec(backend.get("models", "churn")) == 0
+
+    fresh = backend.get("models", "churn")
+    fresh.pop("status")
+    fresh["spec"]["canary"][0]["trafficPercent"] = 50  # re-read, re-decided: accepted
+    assert canary_share_in_spec(backend.apply(fresh)) == 50
+
+
 def test_state_survives_a_restart_of_the_plane(plane, churn_spec, rows):
     before = LocalBackend(plane["url"]).get("models", "churn")
     stop_plane(plane["home"])
     restarted = start_plane(plane["home"], plane["tracking_uri"], plane["port"])
     after = LocalBackend(restarted.url).get("models", "churn")
     assert after["spec"] == before["spec"]
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]  # readers stay valid
     assert after["status"]["components"]["predictor"]["traffic"][1]["percent"] == 50
     report = send(restarted.url, churn_spec, rows, 50)
     assert report.by_status == {200: 50}

@@ -188,7 +188,7 @@ def reconcile_once(
         return Decision(Action.HOLD, state, f"not written: {exc}; deciding again on the next reconcile")
     _move_aliases(tracking_uri, name, decision)
     if decision.action is not Action.HOLD or decision.state.failures != state.failures:
-        # An inconclusive interval restarts the clock (written above) but is not an event worth keeping.
+        # Every transition and every failed analysis is an event (an inconclusive interval changes nothing).
         _record(backend, obj, decision, str(decision.action), metrics, policy)
     return decision
 

@@ -136,12 +136,10 @@ def decide(policy: Policy, state: State, results: list[GateResult], now: float, 
         )
     unsure = [r for r in results if r.verdict is Verdict.INCONCLUSIVE]
     if unsure:
-        # Never promote on missing data; wait for the next interval instead.
-        return Decision(
-            Action.HOLD,
-            replace(state, step_started=now),
-            "inconclusive, holding: " + "; ".join(r.reason for r in unsure),
-        )
+        # Never promote on missing data. The interval is not restarted: its window keeps growing until
+        # it holds enough requests, so a canary with little traffic is still judged (and a failing one
+        # rolled back) instead of starting over with too few requests every interval.
+        return Decision(Action.HOLD, state, "inconclusive, holding: " + "; ".join(r.reason for r in unsure))
 
     last = len(policy.steps) - 1
     if state.step >= last:

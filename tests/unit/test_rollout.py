@@ -109,6 +109,14 @@ def test_inconclusive_data_holds_and_never_promotes(policy):
     assert state.phase is Phase.PROGRESSING and state.failures == 0
 
 
+def test_inconclusive_interval_keeps_growing_until_it_can_be_judged(policy):
+    state = State("2", "1", step=0, step_started=0)
+    held = decide(policy, state, UNSURE, now=60)
+    assert held.action is Action.HOLD and held.state == state  # same start: the window keeps its requests
+    judged = decide(policy, held.state, FAIL, now=75)  # enough requests 75 s in: judged at once
+    assert judged.action is Action.HOLD and judged.state.failures == 1 and judged.state.step_started == 75
+
+
 def test_the_interval_is_respected(policy):
     decision = decide(policy, State("2", "1", step_started=100), PASS, now=159)
     assert decision.action is Action.HOLD and "runs until its 60 s pass" in decision.reason

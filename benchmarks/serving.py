@@ -200,7 +200,7 @@ def main() -> None:
             "asgi-floor": start("asgi-floor", [*uvicorn, str(ports["asgi-floor"]), "benchmarks.floor_app:app"]),
         }
         try:
-            for name in ("shepherd", "shepherd-asyncio", "shepherd-verbose", "mlserver", "kserve-constant"):
+            for name in (t for t in TARGETS if not t.endswith("-floor")):  # model servers: V2 readiness
                 wait_ready(f"http://127.0.0.1:{ports[name]}/v2/health/ready", servers[name])
             wait_ready(f"http://127.0.0.1:{ports['fastapi-floor']}/docs", servers["fastapi-floor"])
             wait_ready(f"http://127.0.0.1:{ports['asgi-floor']}/", servers["asgi-floor"])

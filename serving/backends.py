@@ -35,6 +35,18 @@ class ConflictError(ServingError):
     http_status = 409
 
 
+def retry_on_conflict(read_modify_write, attempts: int = 4):
+    """Run `read_modify_write()` again while a concurrent write makes it fail with ConflictError: each
+    attempt reads afresh, so the change is applied over the newest object, never over a stale one.
+    The last attempt's ConflictError reaches the caller."""
+    for _ in range(attempts - 1):
+        try:
+            return read_modify_write()
+        except ConflictError:
+            continue
+    return read_modify_write()
+
+
 class ServingBackend(Protocol):
     def apply(self, obj: dict) -> dict:
         """Create or update an InferenceService; returns it with its status."""

@@ -13,7 +13,7 @@ import time
 from dataclasses import replace
 
 from components import registry
-from serving.backends import ConflictError
+from serving.backends import ConflictError, retry_on_conflict
 from serving.inference_service import ANNOTATION_CHAMPION, ANNOTATION_POLICY, ANNOTATION_VERSION
 from serving.rollout import scrape
 from serving.rollout.gates import (
@@ -196,15 +196,7 @@ def reconcile_once(
 def operate(backend, tracking_uri: str, namespace: str, name: str, command: str, reason: str = "") -> Decision:
     """What a person (or an alert) asks of a rollout: `rollback`, `pause`, `resume`, or `approve` the last
     step (it still needs its gates to pass). A concurrent write is re-read and the command applied again."""
-    for _ in range(OPERATE_RETRIES):
-        try:
-            return _operate_once(backend, tracking_uri, namespace, name, command, reason)
-        except ConflictError:
-            continue
-    return _operate_once(backend, tracking_uri, namespace, name, command, reason)
-
-
-OPERATE_RETRIES = 3
+    return retry_on_conflict(lambda: _operate_once(backend, tracking_uri, namespace, name, command, reason))
 
 
 def _operate_once(backend, tracking_uri: str, namespace: str, name: str, command: str, reason: str) -> Decision:

@@ -211,3 +211,27 @@ def test_the_floor_travels_on_the_object(churn_spec):
     older = json.loads(obj["metadata"]["annotations"][ANNOTATION_POLICY])
     del older["latencyFloorSeconds"]  # an object written before the floor existed: no floor
     assert Policy.from_annotation(json.dumps(older)).latency_floor_seconds == 0.0
+
+
+def test_a_write_that_conflicts_is_read_and_applied_again_then_gives_up():
+    from serving.backends import ConflictError, retry_on_conflict
+
+    attempts = []
+
+    def conflicts_twice():
+        attempts.append(len(attempts))
+        if len(attempts) <= 2:
+            raise ConflictError("changed since it was read")
+        return "written"
+
+    assert retry_on_conflict(conflicts_twice) == "written" and len(attempts) == 3
+
+    always = []
+
+    def always_conflicts():
+        always.append(1)
+        raise ConflictError("changed since it was read")
+
+    with pytest.raises(ConflictError):
+        retry_on_conflict(always_conflicts, attempts=4)
+    assert len(always) == 4

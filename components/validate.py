@@ -19,7 +19,7 @@ import pandas as pd
 from kfp import dsl
 
 from components.adapter import step
-from components.errors import DataValidationError
+from components.errors import DataValidationError, records_failure
 from components.spec import ModelSpec
 
 # Rules whose failure explains every other failure on the same column.
@@ -55,6 +55,9 @@ def validate_frame(df: pd.DataFrame, spec: ModelSpec) -> ValidationReport:
 
     # GE returns results in its own order; put them back in the suite's (spec) order.
     results = sorted((_summarize(r) for r in raw), key=lambda r: r["order"])
+    for r in results:
+        if r["rule"] == "type" and not r["success"] and not r["exception"] and r["column"] in df.columns:
+            _count_text_that_is_not_a_number(r, df[r["column"]])
     # Columns whose root rule failed: report only that rule, mark the rest as not judged.
     broken: dict[str, str] = {}
     for rule in ROOT_RULES:
@@ -98,6 +101,7 @@ def write_report(report: ValidationReport, directory: Path) -> Path:
     return path
 
 
+@records_failure
 def raise_if_failed(report: ValidationReport, report_path: Path | str | None = None) -> None:
     """Raise DataValidationError naming the first broken rules when the report did not pass."""
     if report.passed:
@@ -139,6 +143,21 @@ def _summarize(result: Any) -> dict:
     }
 
 
+def _count_text_that_is_not_a_number(r: dict, column: pd.Series) -> None:
+    """Add to a failed type rule the rows whose text does not read as a number, with examples.
+
+    One bad value makes pandas read a whole CSV column as text, so GE's count ("7043 of 7043 rows are
+    strings", e.g. '1', '34') hides the few values that are actually wrong; these are what to fix.
+    """
+    present = column.dropna()
+    text = present[present.map(lambda v: isinstance(v, str))]
+    if text.empty:
+        return
+    unreadable = text[pd.to_numeric(text, errors="coerce").isna()]
+    r["observed"]["not_numbers"] = len(unreadable)
+    r["observed"]["not_number_examples"] = _examples(unreadable.tolist())
+
+
 def _exception_message(info: Any) -> str | None:
     # GE records either one {raised_exception, exception_message, ...} or one such dict per metric.
     if not isinstance(info, dict):
@@ -159,8 +178,14 @@ def _explain(r: dict) -> str:
     shown = seen.get("examples", [])
     examples = ", ".join(repr(v) for v in shown)
     if rule == "type":
+        head = f"{col}: expected {r['text']}"
+        if seen.get("not_numbers"):  # name the text that is not a number, not every string in the column
+            unreadable = ", ".join(repr(v) for v in seen["not_number_examples"])
+            return f"{head}, found strings: {seen['not_numbers']} of {total} rows are not numbers (e.g. {unreadable})"
+        if seen.get("not_numbers") == 0 and all(isinstance(v, str) for v in shown):
+            return f"{head}, found numbers stored as strings in {bad} of {total} rows (e.g. {examples})"
         kinds = " and ".join(sorted({_kind(v) for v in shown}))
-        return f"{col}: expected {r['text']}, found {kinds} in {bad} of {total} rows (e.g. {examples})"
+        return f"{head}, found {kinds} in {bad} of {total} rows (e.g. {examples})"
     if rule == "range":
         return f"{col}: expected {r['text']}; {bad} of {total} rows outside (e.g. {examples})"
     if rule in ("categories", "labels"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 import sys
 import time
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components import features
-from components.errors import PipelineRunError
+from components.errors import FAILURE_RECORD_ENV, FailureRecord, PipelineRunError
 from components.spec import ModelSpec
 from pipelines.settings import Settings
 
@@ -64,8 +65,11 @@ def _newest_run_dir(root: Path, started: float) -> Path | None:
     return max(runs, key=lambda p: p.stat().st_mtime, default=None)
 
 
-def _failure(exc: Exception, run_dir: Path | None, log_path: Path) -> PipelineRunError:
-    """Name the failed step and point at its report, instead of KFP's generic error."""
+def _failure(
+    exc: Exception, run_dir: Path | None, log_path: Path, cause: FailureRecord | None = None
+) -> PipelineRunError:
+    """Name the failed step, say why (the step's own Shepherd error, if it recorded one) and point at
+    its report, instead of KFP's generic error. The cause's exit code becomes the run's."""
     text = str(exc)
     match = re.search(r"'([a-z-]+-op)'", text)
     step = STEP_OF_TASK.get(match.group(1), match.group(1)) if match else "a step"
@@ -74,13 +78,33 @@ def _failure(exc: Exception, run_dir: Path | None, log_path: Path) -> PipelineRu
         if step in ("extract", "validate", "train")
         else f"the pipeline stopped at {step}"
     )
+    if cause is not None:
+        message += f": {cause.message}"
     report = None
     if run_dir is not None and step == "validate":
         report = next(iter(sorted(run_dir.glob("validate-op/**/validation.md"))), None)
+    full_output = f"the step's full output is in {log_path}"
     return PipelineRunError(
         message + (f"\nvalidation report: {report}" if report else ""),
-        hint=f"the step's full output is in {log_path}",
+        hint=f"{cause.hint}; {full_output}" if cause is not None and cause.hint else full_output,
+        cause=cause,
     )
+
+
+@contextlib.contextmanager
+def _failure_record(path: Path):
+    """Name `path` to the steps' processes (they inherit this environment) as where a step's Shepherd
+    error goes; yields the path, which holds a record only if a step wrote one during this run."""
+    path.unlink(missing_ok=True)
+    previous = os.environ.get(FAILURE_RECORD_ENV)
+    os.environ[FAILURE_RECORD_ENV] = str(path)
+    try:
+        yield path
+    finally:
+        if previous is None:
+            os.environ.pop(FAILURE_RECORD_ENV, None)
+        else:
+            os.environ[FAILURE_RECORD_ENV] = previous
 
 
 class _ProgressFilter(io.TextIOBase):
@@ -140,13 +164,15 @@ def _run(spec: ModelSpec, settings: Settings, log_path: Path, serving_target: st
         raise_on_error=True,
     )
     started = time.time()
-    try:
-        training_pipeline(
-            spec_yaml=spec.to_yaml(),
-            tracking_uri=settings.tracking_uri,
-            feature_repo=str(settings.feature_repo),
-            serving_target=serving_target,
-        )
-    except RuntimeError as exc:
-        raise _failure(exc, _newest_run_dir(settings.pipeline_root, started), log_path) from exc
+    with _failure_record(log_path.with_suffix(".failure.json")) as record:
+        try:
+            training_pipeline(
+                spec_yaml=spec.to_yaml(),
+                tracking_uri=settings.tracking_uri,
+                feature_repo=str(settings.feature_repo),
+                serving_target=serving_target,
+            )
+        except RuntimeError as exc:
+            run_dir = _newest_run_dir(settings.pipeline_root, started)
+            raise _failure(exc, run_dir, log_path, FailureRecord.read(record)) from exc
     return LocalRun(time.time() - started, _newest_run_dir(settings.pipeline_root, started), log_path)

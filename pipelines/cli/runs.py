@@ -1,82 +1,16 @@
-"""`shepherd`: run, compile and submit the training pipeline; inspect and reproduce model versions.
-
-Every user error ends with a message that says what to do and a non-zero exit code (see
-`components.errors`), never a traceback.
-"""
+"""`shepherd run | compile | submit | models | reproduce`: training runs and the versions they register."""
 
 from __future__ import annotations
 
-import functools
-import os
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from components.errors import ShepherdError
+from pipelines.cli.common import HomeOption, SpecOption, TrackingOption, app, console, friendly, load_model_spec, out
 from pipelines.settings import DEFAULT_SPEC, Settings
-
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-
-app = typer.Typer(
-    name="shepherd",
-    help=(
-        "Shepherd: train, evaluate, register and ship models with Kubeflow Pipelines, MLflow and KServe.\n\n"
-        "Quick start (no cluster needed):\n\n"
-        "  shepherd run                      # the whole DAG locally on the bundled churn spec\n\n"
-        "  shepherd models                   # versions, aliases and metrics in the registry\n\n"
-        "  shepherd up / status / down       # a local serving plane for promoted models\n\n"
-        "  shepherd rollout watch            # step the canary up while its gates pass; promote or roll back\n\n"
-        "  shepherd history churn            # which version served when, and why\n\n"
-        "  shepherd compile                  # the pipeline YAML a KFP server runs\n\n"
-        "  shepherd submit --host URL ...    # run it on a KFP server\n\n"
-        "State lives in $SHEPHERD_HOME (default ./.shepherd); MLFLOW_TRACKING_URI overrides the registry."
-    ),
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,  # help texts say "[default: ...]" and "[env: ...]" literally
-)
-console = Console(stderr=True)
-out = Console(width=max(Console().width, 120))
-
-SpecOption = Annotated[
-    Path, typer.Option("--spec", "-s", help="Model spec YAML (see specs/churn.yaml).", show_default=True)
-]
-HomeOption = Annotated[
-    Path | None,
-    typer.Option("--home", help="Where local state lives [env: SHEPHERD_HOME, default ./.shepherd]."),
-]
-TrackingOption = Annotated[
-    str | None,
-    typer.Option("--tracking-uri", help="MLflow tracking URI [env: MLFLOW_TRACKING_URI, default sqlite in home]."),
-]
-
-
-def friendly(command):
-    """Turn Shepherd's errors into a message and the error's exit code."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except ShepherdError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False)
-            if exc.hint:
-                console.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
-            raise typer.Exit(exc.exit_code) from None
-
-    return wrapper
-
-
-def _load(spec: Path):
-    from components.spec import load_spec
-
-    return load_spec(spec)
 
 
 def _with_params(model_spec, overrides: list[str]):
@@ -123,7 +57,7 @@ def run(
     from pipelines.local import run_local
     from serving.backends import PlaneProcess
 
-    model_spec = _with_params(_load(spec), param or [])
+    model_spec = _with_params(load_model_spec(spec), param or [])
     build_pipeline(model_spec)  # parameters the estimator does not take fail here, not minutes later in train
     settings = Settings.from_env(home=home, tracking_uri=tracking_uri)
     plane = PlaneProcess.find(settings.home)
@@ -196,7 +130,7 @@ def submit(
     """
     from pipelines.submit import submit_run
 
-    model_spec = _load(spec)
+    model_spec = load_model_spec(spec)
     run_id, state = submit_run(
         host, model_spec, tracking_uri, feature_repo, experiment, wait, deploy, service_account, drift_url
     )
@@ -212,7 +146,7 @@ def models(
     tracking_uri: TrackingOption = None,
 ) -> None:
     """List a model's registered versions with aliases, verdicts and holdout metrics."""
-    model = name or _load(spec).name
+    model = name or load_model_spec(spec).name
     _print_versions(model, Settings.from_env(home=home, tracking_uri=tracking_uri))
 
 
@@ -253,7 +187,7 @@ def reproduce(
     """
     from pipelines.reproduce import reproduce_version
 
-    model = name or _load(spec).name
+    model = name or load_model_spec(spec).name
     settings = Settings.from_env(home=home, tracking_uri=tracking_uri)
     console.print(f"reproducing {model} version {version} from its stored training snapshot…")
     result = reproduce_version(settings.tracking_uri, model, version)
@@ -271,129 +205,3 @@ def reproduce(
     out.print(table)
     result.raise_if_mismatched()
     console.print("[green]reproduced[/]: every metric matches")
-
-
-@app.command()
-@friendly
-def up(
-    port: Annotated[int, typer.Option(help="Port of the router and admin API.")] = 8080,
-    home: HomeOption = None,
-    tracking_uri: TrackingOption = None,
-) -> None:
-    """Start the local serving plane in the background: KServe InferenceService semantics on this machine.
-
-    One real KServe ModelServer per revision, a router that splits traffic by the object's canary
-    percentage on KServe's URL paths, and an admin API. Objects applied before are served again.
-    """
-    from serving.backends import start_plane
-
-    settings = Settings.from_env(home=home, tracking_uri=tracking_uri)
-    console.print(f"starting the serving plane on port {port} (state in {settings.home / 'serving'})…")
-    plane = start_plane(settings.home, settings.tracking_uri, port)
-    console.print(f"[green]up[/]: {plane.url} (pid {plane.pid}); try `shepherd status`")
-
-
-@app.command()
-@friendly
-def traffic(
-    requests: Annotated[int, typer.Option("--requests", "-n", help="How many requests to send.")] = 200,
-    batch: Annotated[int, typer.Option(help="Rows per request.")] = 1,
-    where: Annotated[
-        str | None,
-        typer.Option(help="Only customers matching this pandas query, e.g. \"contract == 'Month-to-month'\"."),
-    ] = None,
-    spec: SpecOption = DEFAULT_SPEC,
-    home: HomeOption = None,
-) -> None:
-    """Send real rows from the spec's source through the local plane and show which revision answered.
-
-    --where picks a segment (a shifted population: what drift looks like to the drift service)."""
-    from components.data import load_source, split_source
-    from serving.backends import PlaneProcess
-    from serving.traffic import instances, send
-
-    model_spec = _load(spec)
-    settings = Settings.from_env(home=home)
-    plane = PlaneProcess.find(settings.home)
-    if plane is None:
-        console.print("no serving plane is running for this home; `shepherd up` starts one")
-        raise typer.Exit(1)
-    feature_rows, _ = split_source(load_source(model_spec), model_spec)
-    if where:
-        try:
-            feature_rows = feature_rows.query(where)
-        except Exception as exc:  # pandas raises many kinds for a bad expression
-            console.print(f"[red]error:[/] --where {where!r}: {exc}")
-            raise typer.Exit(2) from None
-        if feature_rows.empty:
-            console.print(f"[red]error:[/] --where {where!r} matches no rows")
-            raise typer.Exit(2)
-    report = send(plane.url, model_spec, instances(model_spec, feature_rows.head(500)), requests, batch)
-    console.print(f"{requests} requests x {batch} rows to {plane.url}/v1/models/{model_spec.name}:predict")
-    table = Table()
-    table.add_column("revision")
-    table.add_column("requests")
-    table.add_column("share")
-    for revision, count in sorted(report.by_revision.items()):
-        table.add_row(revision, str(count), f"{100 * count / requests:.1f} %")
-    out.print(table)
-    statuses = ", ".join(f"{code}: {n}" for code, n in sorted(report.by_status.items()))
-    console.print(f"HTTP status counts: {statuses}; predicted {model_spec.target.positive!r}: {report.positive}")
-
-
-@app.command()
-@friendly
-def down(home: HomeOption = None) -> None:
-    """Stop the local serving plane and its model servers (applied objects are kept for the next `up`)."""
-    from serving.backends import stop_plane
-
-    settings = Settings.from_env(home=home)
-    console.print("stopped" if stop_plane(settings.home) else "no serving plane was running")
-
-
-@app.command()
-@friendly
-def status(home: HomeOption = None, tracking_uri: TrackingOption = None) -> None:
-    """Show each InferenceService: revisions, traffic split, readiness, and the model's aliases."""
-    from components import registry
-    from serving.backends import LocalBackend, PlaneProcess
-
-    settings = Settings.from_env(home=home, tracking_uri=tracking_uri)
-    plane = PlaneProcess.find(settings.home)
-    if plane is None:
-        console.print("no serving plane is running for this home; `shepherd up` starts one")
-        raise typer.Exit(1)
-    client = registry.connect(settings.tracking_uri)
-    table = Table(title=f"InferenceServices on {plane.url}")
-    for column in ("inferenceservice", "mode", "revision", "traffic", "ready", "aliases", "url"):
-        table.add_column(column)
-    for obj in LocalBackend(plane.url).list():
-        meta, st = obj["metadata"], obj["status"]
-        aliases: dict[str, str] = {}  # one registry call per model, not one per version
-        for alias, version in client.get_registered_model(meta["name"]).aliases.items():
-            aliases[str(version)] = ", ".join(filter(None, [aliases.get(str(version)), f"@{alias}"]))
-        ready = next((c["status"] for c in st["conditions"] if c["type"] == "Ready"), "?")
-        for t in st["components"]["predictor"]["traffic"]:
-            version = t["revisionName"].rsplit("-v", 1)[-1]
-            table.add_row(
-                f"{meta['namespace']}/{meta['name']}",
-                st.get("deploymentMode") or "-",
-                t["revisionName"],
-                f"{t['percent']} %",
-                ready,
-                aliases.get(version, "") or "-",
-                st["url"],
-            )
-    out.print(table)
-
-
-# The rollout, drift and history commands live in their own module; importing it registers them.
-from pipelines import cli_rollout  # noqa: E402, F401
-
-
-def main() -> None:  # pragma: no cover - console entry
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())

@@ -19,6 +19,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.utils import get_tags
 
 from components.adapter import step
 from components.data import holdout_mask, labels
@@ -37,7 +38,14 @@ ESTIMATORS = {
 
 
 def build_pipeline(spec: ModelSpec) -> Pipeline:
-    """Imputation, scaling and one-hot encoding per the spec's feature types, then the estimator."""
+    """Imputation, scaling and one-hot encoding per the spec's feature types, then the estimator.
+
+    The one-hot block is sparse only for estimators that accept sparse input: with many categories
+    (density under the ColumnTransformer's `sparse_threshold`) the whole output would turn sparse,
+    which e.g. HistGradientBoostingClassifier refuses. A dense one-hot block keeps it dense.
+    """
+    estimator = _estimator(spec)
+    dense = not get_tags(estimator).input_tags.sparse
     numeric = [f.name for f in spec.features if f.type != "category"]
     categorical = [f for f in spec.features if f.type == "category"]
     numeric_steps = [("impute", SimpleImputer(strategy="median"))]
@@ -55,24 +63,30 @@ def build_pipeline(spec: ModelSpec) -> Pipeline:
                 "categorical",
                 # Missing categories arrive as MISSING_CATEGORY, which no spec lists: one-hot all zeros.
                 # (No imputer here: skl2onnx converts string imputation only for string sentinels.)
-                OneHotEncoder(categories=[f.categories for f in categorical], handle_unknown="ignore"),
+                OneHotEncoder(
+                    categories=[f.categories for f in categorical], handle_unknown="ignore", sparse_output=not dense
+                ),
                 [f.name for f in categorical],
             ),
         ]
     )
+    return Pipeline([("preprocess", preprocess), ("model", estimator)])
+
+
+def _estimator(spec: ModelSpec):
+    """The spec's estimator with its params (and the spec's seed, where the estimator takes one)."""
     estimator_cls = ESTIMATORS[spec.training.algorithm]
     params = dict(spec.training.params)
     if "random_state" in estimator_cls().get_params():
         params.setdefault("random_state", spec.training.seed)
     try:
-        estimator = estimator_cls(**params)
+        return estimator_cls(**params)
     except TypeError as exc:
         allowed = sorted(estimator_cls().get_params())
         raise SpecError(
             f"training.params {sorted(spec.training.params)} do not fit {spec.training.algorithm}: {exc}; "
             f"allowed: {allowed}"
         ) from exc
-    return Pipeline([("preprocess", preprocess), ("model", estimator)])
 
 
 def feature_frame(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:

@@ -35,6 +35,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
 from components.errors import ShepherdError
+from components.run_arguments import IMAGE_FEATURE_REPO, PipelineArguments
 from monitoring.metrics import ALERT_ACTION_LABEL
 
 logger = logging.getLogger("shepherd.webhook")
@@ -118,25 +119,35 @@ class LocalRetrainer:
 class KfpRetrainer:
     """A run of the compiled training pipeline on a KFP server, with the champion's stored spec."""
 
-    def __init__(self, host: str, tracking_uri: str, pipeline_package: Path, drift_url: str = ""):
+    def __init__(
+        self,
+        host: str,
+        tracking_uri: str,
+        pipeline_package: Path,
+        drift_url: str = "",
+        feature_repo: str = IMAGE_FEATURE_REPO,
+    ):
         self.host = host
         self.tracking_uri = tracking_uri
         self.package = pipeline_package
         self.drift_url = drift_url
+        self.feature_repo = feature_repo
 
     def __call__(self, model: str, reason: str) -> str:
         import kfp
 
         with tempfile.TemporaryDirectory() as tmp:
             spec_yaml = _champion_spec(self.tracking_uri, model, Path(tmp)).read_text()
+        arguments = PipelineArguments(
+            spec_yaml=spec_yaml,
+            tracking_uri=self.tracking_uri,
+            feature_repo=self.feature_repo,
+            serving_target="kubernetes",
+            drift_url=self.drift_url,
+        ).for_package(self.package)
         run = kfp.Client(host=self.host).create_run_from_pipeline_package(
             str(self.package),
-            arguments={
-                "spec_yaml": spec_yaml,
-                "tracking_uri": self.tracking_uri,
-                "serving_target": "kubernetes",
-                "drift_url": self.drift_url,
-            },
+            arguments=arguments,
             run_name=f"{model}-retrain-{int(time.time())}",
             service_account="shepherd-pipeline-runner",  # manifests/base/pipeline-runner
         )
@@ -290,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--drift-url", default=os.environ.get(ENV_DRIFT_URL, ""), help="for retraining runs [env: SHEPHERD_DRIFT_URL]"
     )
+    parser.add_argument(
+        "--feature-repo", default=IMAGE_FEATURE_REPO, help="for retraining runs on KFP: the Feast repo in the image"
+    )
     parser.add_argument("--home", type=Path, default=Path(".shepherd"), help="local retraining runs' home")
     parser.add_argument("--cooldown-seconds", type=float, default=3600, help="at most one retraining per model per ...")
     args = parser.parse_args(argv)
@@ -301,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.kfp_host:
         package = REPO_ROOT / "pipelines" / "training_pipeline.yaml"
-        retrain = KfpRetrainer(args.kfp_host, args.tracking_uri, package, args.drift_url)
+        retrain = KfpRetrainer(args.kfp_host, args.tracking_uri, package, args.drift_url, args.feature_repo)
     else:
         retrain = LocalRetrainer(args.home.resolve(), args.tracking_uri)
     actions = AlertActions(backend_for(args.backend), args.tracking_uri, args.namespace, retrain, args.cooldown_seconds)

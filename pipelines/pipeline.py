@@ -1,5 +1,5 @@
 """The training DAG: extract (Feast) -> validate (GE) -> train -> evaluate (vs @champion) -> register
-(MLflow), with the deploy step under `dsl.If(promote)`.
+(MLflow), with the deploy step under `dsl.If(promote)` and materialize (Feast online store) after train.
 
 Everything the run needs travels as parameters (the spec's YAML text, the tracking URI, the feature
 repo, where to deploy), so the same compiled YAML runs locally under `kfp.local` and on a KFP server.
@@ -28,19 +28,19 @@ PIPELINE_NAME = "shepherd-training"
 def training_pipeline(
     spec_yaml: str, tracking_uri: str, feature_repo: str, serving_target: str = "", drift_url: str = ""
 ):
+    # Caching on a KFP server: a step may be served from cache only if it is a pure function of its
+    # inputs. Extract reads the source and the registry, evaluate reads @champion, and train,
+    # register, materialize and deploy write to MLflow, Feast or the cluster: all run every time.
+    # Only validate (the training set and the spec in, a report out) keeps its cache.
     extract = extract_op(spec_yaml=spec_yaml, tracking_uri=tracking_uri)
     extract.set_display_name("extract features (Feast, staged)")
+    extract.set_caching_options(False)
     training_set = extract.outputs["training_set"]
 
     # Unchanged data, spec and code: the fingerprint names a version that exists; train nothing.
     with dsl.If(extract.outputs["Output"] == "", name="new-fingerprint"):
         validate = validate_op(spec_yaml=spec_yaml, training_set=training_set)
         validate.set_display_name("validate (Great Expectations)")
-
-        materialize = materialize_op(
-            spec_yaml=spec_yaml, feature_repo=feature_repo, feature_rows=extract.outputs["feature_rows"]
-        ).after(validate)
-        materialize.set_display_name("publish features + materialize online store")
 
         train = train_op(
             spec_yaml=spec_yaml,
@@ -49,6 +49,15 @@ def training_pipeline(
             pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         ).after(validate)
         train.set_display_name("train")
+        train.set_caching_options(False)
+
+        # After train, not beside it: a run whose training fails leaves the shared feature repo and
+        # the online store as they were.
+        materialize = materialize_op(
+            spec_yaml=spec_yaml, feature_repo=feature_repo, feature_rows=extract.outputs["feature_rows"]
+        ).after(train)
+        materialize.set_display_name("publish features + materialize online store")
+        materialize.set_caching_options(False)
 
         evaluate = evaluate_op(
             spec_yaml=spec_yaml,
@@ -57,6 +66,7 @@ def training_pipeline(
             model_uri=train.outputs["model_uri"],
         )
         evaluate.set_display_name("evaluate vs @champion")
+        evaluate.set_caching_options(False)
 
         register = register_op(
             spec_yaml=spec_yaml,
@@ -66,6 +76,7 @@ def training_pipeline(
             verdict=evaluate.outputs["verdict"],
         )
         register.set_display_name("register (MLflow)")
+        register.set_caching_options(False)
 
         with dsl.If(evaluate.outputs["Output"] == True, name="promote"):  # noqa: E712 (a KFP condition)
             deploy = deploy_op(
@@ -77,3 +88,4 @@ def training_pipeline(
                 drift_url=drift_url,
             )
             deploy.set_display_name("deploy (KServe InferenceService)")
+            deploy.set_caching_options(False)

@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 from components.errors import PipelineRunError
+from components.run_arguments import PipelineArguments
 from components.spec import ModelSpec
 from pipelines.compile import compile_pipeline
 
@@ -24,19 +25,21 @@ def submit_run(
     """Compile, upload and start a run; returns (run id, final state if waited for)."""
     import kfp
 
+    run_arguments = PipelineArguments(
+        spec_yaml=spec.to_yaml(),
+        tracking_uri=tracking_uri,
+        feature_repo=feature_repo,
+        serving_target=serving_target,
+        drift_url=drift_url,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(Path(tmp) / "pipeline.yaml")
+        arguments = run_arguments.for_package(package)
         try:
             client = kfp.Client(host=host)
             run = client.create_run_from_pipeline_package(
                 str(package),
-                arguments={
-                    "spec_yaml": spec.to_yaml(),
-                    "tracking_uri": tracking_uri,
-                    "feature_repo": feature_repo,
-                    "serving_target": serving_target,
-                    "drift_url": drift_url,
-                },
+                arguments=arguments,
                 run_name=f"{spec.name}-training",
                 experiment_name=experiment,
                 # The least-privilege runner of manifests/base/pipeline-runner (may deploy InferenceServices).

@@ -38,3 +38,30 @@ def test_golden_file_has_the_conditional_deploy_and_the_fingerprint_skip():
         container = executor["container"]
         assert container["image"].startswith("ghcr.io/shepherd-mlops/shepherd:"), name
         assert "pip install" not in " ".join(container["command"]), name
+
+
+def _all_tasks(spec: dict) -> dict[str, dict]:
+    """Every task of the compiled DAG, in the root and in the control-flow groups, by task name."""
+    dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
+    return {name: task for dag in dags for name, task in dag["tasks"].items()}
+
+
+def test_materialize_publishes_only_after_training_succeeded():
+    tasks = _all_tasks(yaml.safe_load(DEFAULT_OUTPUT.read_text()))
+    # KFP starts a task only when every task in dependentTasks succeeded.
+    assert "train-op" in tasks["materialize-op"]["dependentTasks"]
+    assert "materialize-op" not in tasks["train-op"].get("dependentTasks", [])
+
+
+# Steps that read or write outside their artifacts (source, registry, Feast, cluster): never served from cache.
+UNCACHEABLE = {"extract-op", "train-op", "evaluate-op", "register-op", "materialize-op", "deploy-op"}
+
+
+def test_steps_with_side_effects_or_outside_reads_are_never_cached():
+    tasks = _all_tasks(yaml.safe_load(DEFAULT_OUTPUT.read_text()))
+    for name in UNCACHEABLE:
+        # An absent enableCache is the proto default, false.
+        assert tasks[name]["cachingOptions"].get("enableCache", False) is False, name
+    # validate is a pure function of the training set and the spec: the only cached step.
+    cached = {name for name, task in tasks.items() if task.get("cachingOptions", {}).get("enableCache")}
+    assert cached == {"validate-op"}

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
+import scipy.sparse
 import yaml
 
-from components import evaluate, train
+from components import evaluate, onnx_export, registry, train
 from components.errors import SpecError
 from components.metrics import classification_metrics, expected_calibration_error
 from components.spec import parse_spec
@@ -42,6 +44,59 @@ def test_bad_training_params_name_the_allowed_ones(churn_spec, churn_frame):
     spec = _spec_with(churn_spec, training={"params": {"depth": 3}})
     with pytest.raises(SpecError, match=r"training.params \['depth'\] do not fit logistic_regression"):
         train.build_pipeline(spec)
+
+
+WIDE_CATEGORY = 55  # one-hot density far below ColumnTransformer's sparse_threshold (0.3)
+
+
+def _wide_category(spec, frame, algorithm):
+    """`spec` with an added `region` category of 55 values (and `algorithm`), and `frame` with that column:
+    a few rows missing it, the rest spread over every value."""
+    data = yaml.safe_load(spec.to_yaml())
+    regions = [f"region-{i:02d}" for i in range(WIDE_CATEGORY)]
+    data["features"].append({"name": "region", "type": "category", "categories": regions})
+    data["training"].update({"algorithm": algorithm, "params": {}})
+    wide = frame.copy()
+    wide["region"] = [None if key % 97 == 0 else regions[key % WIDE_CATEGORY] for key in wide[spec.entity.key]]
+    return parse_spec(yaml.safe_dump(data)), wide
+
+
+def test_the_wide_category_would_make_a_sparse_matrix(churn_spec, churn_frame):
+    """The fixture really hits the case: for a sparse-capable estimator the preprocessing output is sparse."""
+    spec, frame = _wide_category(churn_spec, churn_frame, "logistic_regression")
+    pipeline = train.build_pipeline(spec)
+    assert scipy.sparse.issparse(pipeline[0].fit_transform(train.feature_frame(frame, spec)))
+
+
+@pytest.mark.parametrize("algorithm", sorted(train.ESTIMATORS))
+def test_a_wide_category_trains_and_exports_with_every_estimator(churn_spec, churn_frame, algorithm):
+    spec, frame = _wide_category(churn_spec, churn_frame, algorithm)
+    trained = train.fit(frame, spec)
+    assert trained.metrics["roc_auc"] > 0.75
+
+    # Rows the holdout may not hold: a region missing, a region no spec lists.
+    probe = pd.concat([trained.holdout, trained.holdout.head(3).assign(region=[None, "region-99", ""])])
+    result = onnx_export.export(trained.pipeline, spec, probe)
+    assert result.model is not None, result.reason
+    onnx_proba = onnx_export.session(result.model).run(
+        [onnx_export.PROBABILITIES_OUTPUT], onnx_export.onnx_inputs(spec, probe)
+    )[0][:, 1]
+    sklearn_proba = train.predict_positive(trained.pipeline, probe, spec)
+    np.testing.assert_allclose(onnx_proba, sklearn_proba, rtol=0, atol=1e-5)
+
+
+def test_the_train_step_serves_a_wide_gradient_boosting_model_by_onnx(churn_spec, churn_frame, tmp_path):
+    """Through the train step's logic (`train_and_log`, a real MLflow store): ONNX twin logged and tagged."""
+    spec, frame = _wide_category(churn_spec, churn_frame, "hist_gradient_boosting")
+    snapshot = tmp_path / "training_set.parquet"
+    frame.to_parquet(snapshot, index=False)
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = train.train_and_log(spec, snapshot, tracking_uri, {registry.TAG_FINGERPRINT: "wide"})
+    assert run.onnx, run.serving_note
+    tags = registry.connect(tracking_uri).get_run(run.run_id).data.tags
+    assert tags[registry.TAG_SERVING_FORMAT] == "onnx"
+    assert tags[registry.TAG_ONNX_NOTE].startswith("ONNX parity on ")
+    assert registry.TAG_ONNX_SHA256 in tags
 
 
 def test_metrics_on_known_values():

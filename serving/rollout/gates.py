@@ -1,5 +1,9 @@
 """Rollout gates in the style of Flagger: each returns pass, fail or inconclusive with a reason a
-person can read. "No data" is inconclusive (hold), never a pass; thresholds may be ranges."""
+person can read. "No data" is inconclusive (hold), never a pass; thresholds may be ranges.
+
+Each gate reads its own source. A source that cannot be read ("query failed", not "no data") is
+passed in as `Unavailable`: that gate is inconclusive and says why, and the other gates still judge,
+so a failing error rate rolls the canary back whatever the drift service or Prometheus are doing."""
 
 from __future__ import annotations
 
@@ -23,15 +27,37 @@ class GateResult:
 
 
 @dataclass(frozen=True)
+class Unavailable:
+    """A gate's source could not be read: what (`source`) and why (`error`)."""
+
+    source: str  # e.g. "the drift service", "the canary's request counters"
+    error: str  # e.g. "scraping http://127.0.0.1:8080/drift/metrics: HTTP 500 Internal Server Error"
+
+    def __str__(self) -> str:
+        return f"no verdict: {self.source} could not be read ({self.error})"
+
+
+def _unread(gate: str, *sources) -> GateResult | None:
+    """The gate's inconclusive result if any of its sources could not be read, else None."""
+    missing = list(dict.fromkeys(s for s in sources if isinstance(s, Unavailable)))  # each source once
+    if not missing:
+        return None
+    return GateResult(gate, Verdict.INCONCLUSIVE, "; ".join(str(s) for s in missing))
+
+
+@dataclass(frozen=True)
 class Window:
     """What one revision did during the analysis interval (deltas, not lifetime totals)."""
 
     requests: float
     errors: float  # 5xx: the server's failures; a client's 4xx is not the canary's fault
-    latency_buckets: tuple[tuple[float, float], ...] = ()  # (upper bound, cumulative count), +Inf last
+    # (upper bound, cumulative count), +Inf last; Unavailable when the histogram could not be read
+    latency_buckets: tuple[tuple[float, float], ...] | Unavailable = ()
 
     def quantile(self, q: float) -> float | None:
         """Prometheus' histogram_quantile over the window's buckets (linear within a bucket)."""
+        if isinstance(self.latency_buckets, Unavailable):
+            return None
         if not self.latency_buckets or self.latency_buckets[-1][1] <= 0:
             return None
         total = self.latency_buckets[-1][1]
@@ -64,8 +90,10 @@ class Threshold:
         return f"≤ {self.max:g}" if self.max is not None else f"≥ {self.min:g}"
 
 
-def error_rate(canary: Window, threshold: Threshold, min_requests: int) -> GateResult:
+def error_rate(canary: Window | Unavailable, threshold: Threshold, min_requests: int) -> GateResult:
     """Share of the canary's requests that failed on the server side."""
+    if unread := _unread("error_rate", canary):
+        return unread
     if canary.requests < min_requests:
         return GateResult(
             "error_rate",
@@ -83,8 +111,8 @@ def error_rate(canary: Window, threshold: Threshold, min_requests: int) -> GateR
 
 
 def latency_ratio(
-    canary: Window,
-    champion: Window,
+    canary: Window | Unavailable,
+    champion: Window | Unavailable,
     threshold: Threshold,
     min_requests: int,
     quantile: float = 0.99,
@@ -94,6 +122,8 @@ def latency_ratio(
     it fails only if the canary's p99 is also above `floor_seconds` (milliseconds are noise, not a
     regression); below the range's min it fails whatever the floor (too fast: not doing the work?)."""
     name = f"latency_p{round(quantile * 100)}_ratio"
+    if unread := _unread(name, canary, champion):
+        return unread
     if canary.requests < min_requests or champion.requests < min_requests:
         return GateResult(
             name,
@@ -101,6 +131,8 @@ def latency_ratio(
             f"too few requests to compare latency "
             f"(canary {canary.requests:.0f}, champion {champion.requests:.0f}; need {min_requests})",
         )
+    if unread := _unread(name, canary.latency_buckets, champion.latency_buckets):
+        return unread
     ours, theirs = canary.quantile(quantile), champion.quantile(quantile)
     if ours is None or theirs is None or theirs <= 0:
         return GateResult(name, Verdict.INCONCLUSIVE, "no latency histogram for one of the revisions")
@@ -115,8 +147,10 @@ def latency_ratio(
     return GateResult(name, verdict, f"{measured}, allowed {threshold}", ratio)
 
 
-def drift_share(share: float | None, threshold: Threshold) -> GateResult:
+def drift_share(share: float | Unavailable | None, threshold: Threshold) -> GateResult:
     """Share of the canary's input features whose distribution moved from the training reference."""
+    if unread := _unread("drift_share", share):
+        return unread
     if share is None:
         return GateResult(
             "drift_share", Verdict.INCONCLUSIVE, "the drift service has no result for the canary yet (too few rows)"
@@ -130,8 +164,10 @@ def drift_share(share: float | None, threshold: Threshold) -> GateResult:
     )
 
 
-def prediction_psi(psi: float | None, threshold: Threshold) -> GateResult:
+def prediction_psi(psi: float | Unavailable | None, threshold: Threshold) -> GateResult:
     """How far the canary's predicted probabilities moved from the champion's (PSI over the same traffic)."""
+    if unread := _unread("prediction_psi", psi):
+        return unread
     if psi is None:
         return GateResult(
             "prediction_psi",

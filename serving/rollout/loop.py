@@ -3,6 +3,11 @@ write the decision back (traffic, state annotation) together with the MLflow ali
 
 Stateless by design: everything it needs is on the object (policy, state, metric baseline), so any
 process can run the next reconcile after a restart.
+
+Every gate reads its own source: a source that cannot be read makes only its gates inconclusive (with
+the reason), so a failing error rate or latency rolls the canary back whatever the drift service,
+Prometheus or the registry are doing. The object is written before the registry: a registry that
+cannot be written never holds back (or hides) a decision already made.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from serving.rollout import scrape
 from serving.rollout.gates import (
     GateResult,
     Threshold,
+    Unavailable,
+    Window,
     drift_share,
     error_rate,
     latency_ratio,
@@ -35,7 +42,7 @@ from serving.rollout.machine import (
     decide,
     rollback_now,
 )
-from serving.rollout.providers import MetricsProvider, MetricsUnavailable, Revision, ScrapeProvider
+from serving.rollout.providers import Measurement, MetricsProvider, MetricsUnavailable, Revision, ScrapeProvider
 
 logger = logging.getLogger("shepherd.rollout")
 
@@ -91,8 +98,35 @@ def has_payload_logger(obj: dict) -> bool:
     return any((p.get("logger") or {}).get("url") for p in predictors)
 
 
+def _unavailable(source: str, exc: Exception) -> Unavailable:
+    """What a gate reports for a source that raised. `MetricsUnavailable` is the providers' "query failed";
+    anything else is a provider outside that contract (or a bug): logged with its traceback, and still
+    only the gates reading that source are left without a verdict."""
+    if isinstance(exc, MetricsUnavailable):
+        return Unavailable(source, str(exc))
+    logger.error("reading %s failed unexpectedly", source, exc_info=exc)
+    return Unavailable(source, f"{type(exc).__name__}: {exc}")
+
+
+def measure(provider: MetricsProvider, model: str, roles: dict[str, Revision], policy: Policy, baseline: dict | None):
+    """This interval's windows of the canary and the champion. A provider that can read neither (it
+    raised) leaves both `Unavailable` and the stored baseline where it was."""
+    try:
+        measurement = provider.measure(model, roles, policy.interval_seconds, baseline)
+    except Exception as exc:  # whatever a provider raises, the drift gates are still read and judged
+        unread = _unavailable("the request counters", exc)
+        return Measurement(unread, unread, baseline=baseline, since=baseline)
+    champion, lifetime = measurement.champion, (measurement.baseline or {}).get("champion")
+    if isinstance(champion, Window) and lifetime is not None and champion.requests < policy.min_requests:
+        # At 100 % the champion serves nothing: compare with everything it served before instead.
+        measurement = replace(measurement, champion=lifetime.minus(scrape.Counters()))
+    return measurement
+
+
 def analyse(provider: MetricsProvider, obj: dict, policy: Policy, measurement) -> list[GateResult]:
-    """Every gate of the policy over this interval's measurement."""
+    """Every gate of the policy over this interval's measurement. Each gate reads its own source (the
+    canary's counters, the champion's, the drift service): one that cannot be read makes its gates
+    inconclusive with the reason and leaves the other gates' verdicts standing."""
     canary, champion = measurement.canary, measurement.champion
     gates = policy.gates
     results = [
@@ -106,13 +140,21 @@ def analyse(provider: MetricsProvider, obj: dict, policy: Policy, measurement) -
         ),
     ]
     if has_payload_logger(obj):  # without payload logs there is no drift to measure, ever: not a gate then
-        reading = provider.drift(obj["metadata"]["name"], revisions(obj)["canary"].version)
-        results.append(drift_share(reading.share_vs_training, gates.get("drift_share", Threshold(max=0.5))))
-        results.append(prediction_psi(reading.prediction_psi, gates.get("prediction_psi", Threshold(max=0.25))))
+        share: float | Unavailable | None
+        psi: float | Unavailable | None
+        try:
+            reading = provider.drift(obj["metadata"]["name"], revisions(obj)["canary"].version)
+            share, psi = reading.share_vs_training, reading.prediction_psi
+        except Exception as exc:  # never hides the other gates: a failing canary is still rolled back
+            share = psi = _unavailable("the drift service", exc)
+        results.append(drift_share(share, gates.get("drift_share", Threshold(max=0.5))))
+        results.append(prediction_psi(psi, gates.get("prediction_psi", Threshold(max=0.25))))
     return results
 
 
 def _move_aliases(tracking_uri: str, name: str, decision: Decision) -> None:
+    if decision.action not in (Action.PROMOTE, Action.ROLLBACK):
+        return
     client = registry.connect(tracking_uri)
     state = decision.state
     if decision.action is Action.PROMOTE:
@@ -153,10 +195,11 @@ def reconcile_once(
         step = policy.steps.index(percent) if percent in policy.steps else 0
         state = State(roles["canary"].version, roles["champion"].version, step=step, step_started=now)
         decision = Decision(Action.HOLD, state, f"rollout started: canary v{state.canary_version} at {percent} %")
+        # A revision that cannot be read yet has no baseline: its first window counts from its process's start.
+        baseline = measure(provider, name, roles, policy, None).baseline
         try:
-            baseline = provider.measure(name, roles, policy.interval_seconds, None).baseline
             _write(backend, obj, decision, baseline, policy)
-        except (MetricsUnavailable, ConflictError) as exc:
+        except ConflictError as exc:
             return Decision(Action.HOLD, state, f"not started yet: {exc}; trying again on the next reconcile")
         _record(backend, obj, decision, "start", metrics, policy)
         return decision
@@ -166,27 +209,31 @@ def reconcile_once(
         return Decision(Action.HOLD, state, f"rollout already {state.phase}")
     stored = annotations.get(scrape.ANNOTATION_BASELINE)
     baseline = scrape.baseline_from_annotation(stored) if stored else None
-    try:
-        measurement = provider.measure(name, roles, policy.interval_seconds, baseline)
-        if measurement.baseline is not None and measurement.champion.requests < policy.min_requests:
-            # At 100 % the champion serves nothing: compare with everything it served before instead.
-            lifetime = measurement.baseline["champion"].minus(scrape.Counters())
-            measurement = replace(measurement, champion=lifetime)
-        results = analyse(provider, obj, policy, measurement)
-    except MetricsUnavailable as exc:
-        # "Query failed" is not "no data": hold, say why, and let the next reconcile try again.
-        return Decision(Action.HOLD, state, f"metrics unavailable, holding: {exc}")
+    # A source that cannot be read leaves its gates inconclusive ("query failed" is not "no data"): the
+    # machine holds on them, and still rolls back on any gate that failed.
+    measurement = measure(provider, name, roles, policy, baseline)
+    results = analyse(provider, obj, policy, measurement)
     if metrics is not None:
         metrics.gates(name, results)
     decision = decide(policy, state, results, now, approved)
-    if decision.action is Action.HOLD and decision.state == state:
-        return decision
     new_interval = decision.state.step_started != state.step_started
+    carried = baseline if measurement.since is None else measurement.since
+    if decision.action is Action.HOLD and decision.state == state and carried == baseline:
+        return decision
+    if carried != baseline:
+        restarted = sorted(role for role, start in carried.items() if (baseline or {}).get(role) != start)
+        logger.info("%s/%s: %s restarted; the window counts from the restart", namespace, name, ", ".join(restarted))
     try:
-        _write(backend, obj, decision, measurement.baseline if new_interval else baseline, policy)
+        _write(backend, obj, decision, measurement.baseline if new_interval else carried, policy)
     except ConflictError as exc:
         return Decision(Action.HOLD, state, f"not written: {exc}; deciding again on the next reconcile")
-    _move_aliases(tracking_uri, name, decision)
+    try:
+        _move_aliases(tracking_uri, name, decision)
+    except Exception as exc:  # MLflow's client raises several kinds; none may undo or hide a written decision
+        logger.error("%s/%s: %s written, the registry not updated", namespace, name, decision.action, exc_info=exc)
+        decision = replace(
+            decision, reason=f"{decision.reason}; the registry was not updated ({type(exc).__name__}: {exc})"
+        )
     if decision.action is not Action.HOLD or decision.state.failures != state.failures:
         # Every transition and every failed analysis is an event (an inconclusive interval changes nothing).
         _record(backend, obj, decision, str(decision.action), metrics, policy)

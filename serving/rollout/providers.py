@@ -9,7 +9,9 @@ interval, and what the drift service says about the canary.
   `increase(...[interval])` needs no baseline.
 
 Both distinguish "no data" (a window with zero requests, a missing drift series: the gate is
-inconclusive) from "query failed" (`MetricsUnavailable`: the loop holds and says why).
+inconclusive) from "query failed". A query that fails makes only the windows it feeds `Unavailable`
+(the canary's counters, the champion's, a latency histogram); `drift` raises `MetricsUnavailable`.
+Either way only the gates reading that source are inconclusive: the others still judge the canary.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from monitoring.metrics import (
     REQUESTS_TOTAL,
 )
 from serving.rollout import scrape
-from serving.rollout.gates import Window
+from serving.rollout.gates import Unavailable, Window
 
 PREDICTION_FEATURE = "prediction"  # the drift service's column for the predicted probability
 
@@ -43,9 +45,13 @@ class Revision:
 
 @dataclass(frozen=True)
 class Measurement:
-    canary: Window
-    champion: Window
+    canary: Window | Unavailable
+    champion: Window | Unavailable
     baseline: dict | None = None  # lifetime counters to store for the next interval (scrape provider)
+    # What this interval's windows were counted from (scrape provider): the stored baseline, with zero
+    # for a revision that restarted since. Stored when it changes, so the window keeps counting from the
+    # restart (the new process's counters may later pass the old baseline, and hide the restart).
+    since: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -59,9 +65,12 @@ class DriftReading:
 class MetricsProvider(Protocol):
     def measure(
         self, model: str, revisions: dict[str, Revision], interval_seconds: float, baseline: dict | None
-    ) -> Measurement: ...
+    ) -> Measurement:
+        """The interval's window of each role; a role (or its latency histogram) whose source cannot be
+        read is `Unavailable`. Raising `MetricsUnavailable` makes both roles unavailable."""
 
-    def drift(self, model: str, canary_version: str) -> DriftReading: ...
+    def drift(self, model: str, canary_version: str) -> DriftReading:
+        """The drift service's view of the canary; `MetricsUnavailable` when it cannot be read."""
 
 
 class ScrapeProvider:
@@ -76,27 +85,59 @@ class ScrapeProvider:
 
         try:
             response = httpx.get(url, timeout=self.timeout)
-            response.raise_for_status()
         except httpx.HTTPError as exc:
-            raise MetricsUnavailable(f"scraping {url}: {exc}") from exc
+            raise MetricsUnavailable(f"scraping {url}: {type(exc).__name__}: {exc}") from exc
+        if response.status_code != 200:
+            raise MetricsUnavailable(f"scraping {url}: HTTP {response.status_code} {response.reason_phrase}")
         return response.text
 
+    def _counters(self, model: str, rev: Revision | None, role: str) -> scrape.Counters:
+        if rev is None or not rev.url:
+            raise MetricsUnavailable(f"the InferenceService's status has no URL for the {role} yet")
+        url = f"{rev.url}/metrics"
+        text = self._get(url)
+        try:
+            return scrape.parse(text, model, rev.version)
+        except ValueError as exc:  # not a Prometheus exposition (a proxy's error page, a truncated body)
+            raise MetricsUnavailable(f"scraping {url}: not Prometheus' text format ({exc})") from exc
+
     def measure(self, model, revisions, interval_seconds, baseline):
-        current = {
-            role: scrape.parse(self._get(f"{rev.url}/metrics"), model, rev.version) for role, rev in revisions.items()
-        }
+        """Each revision's window from its own scrape: one that cannot be read leaves the other's intact."""
         base = baseline or {}
-        canary = current["canary"].minus(base.get("canary", scrape.Counters()))
-        champion = current["champion"].minus(base.get("champion", scrape.Counters()))
-        return Measurement(canary, champion, current)
+        windows: dict[str, Window | Unavailable] = {}
+        current: dict[str, scrape.Counters] = {}
+        since = dict(base)
+        for role in ("canary", "champion"):
+            try:
+                counters = self._counters(model, revisions.get(role), role)
+            except MetricsUnavailable as exc:
+                windows[role] = Unavailable(f"the {role}'s request counters", str(exc))
+                continue
+            start = counters.since(base.get(role, scrape.Counters()))
+            windows[role], current[role] = counters.minus(start), counters
+            if role in base:
+                since[role] = start
+        # A revision that could not be read keeps its old baseline: its next window spans more time
+        # rather than starting from an unknown point.
+        return Measurement(
+            windows["canary"],
+            windows["champion"],
+            baseline={**base, **current},
+            since=since if baseline is not None else None,
+        )
 
     def drift(self, model, canary_version):
         if not self.drift_metrics_url:
             return DriftReading(None, None)
         from prometheus_client.parser import text_string_to_metric_families
 
+        text = self._get(self.drift_metrics_url)
+        try:
+            families = list(text_string_to_metric_families(text))
+        except ValueError as exc:
+            raise MetricsUnavailable(f"scraping {self.drift_metrics_url}: not Prometheus' text format ({exc})") from exc
         share = psi = None
-        for family in text_string_to_metric_families(self._get(self.drift_metrics_url)):
+        for family in families:
             for s in family.samples:
                 labels = s.labels
                 if labels.get("model") != model or labels.get("version") != canary_version:
@@ -127,38 +168,63 @@ class PrometheusProvider:
 
         try:
             response = httpx.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=self.timeout)
+        except httpx.HTTPError as exc:
+            raise MetricsUnavailable(f"Prometheus at {self.url}: {type(exc).__name__}: {exc}") from exc
+        try:
             body = response.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            raise MetricsUnavailable(f"Prometheus at {self.url}: {exc}") from exc
-        if body.get("status") != "success":
-            raise MetricsUnavailable(f"Prometheus rejected {promql!r}: {body.get('error', response.text)}")
-        return body["data"]["result"]
+        except ValueError as exc:  # not Prometheus answering: a proxy's error page, say
+            status = f"HTTP {response.status_code} {response.reason_phrase}"
+            raise MetricsUnavailable(f"Prometheus at {self.url}: {status}, not a JSON answer") from exc
+        if not isinstance(body, dict) or body.get("status") != "success":
+            error = body.get("error", response.text) if isinstance(body, dict) else response.text
+            raise MetricsUnavailable(f"Prometheus rejected {promql!r}: {error}")
+        try:
+            return list(body["data"]["result"])
+        except (KeyError, TypeError) as exc:
+            raise MetricsUnavailable(f"Prometheus answered {promql!r} without a result: {exc!r}") from exc
 
-    def _window(self, model: str, rev: Revision, interval: str) -> Window:
-        selector = f'model="{model}",version="{rev.version}",role="{rev.role}"'
-        outcomes = {
-            r["metric"].get("outcome"): float(r["value"][1])
-            for r in self.query(f"sum by (outcome) (increase({REQUESTS_TOTAL}{{{selector}}}[{interval}]))")
-        }
-        buckets = sorted(
-            (float(r["metric"]["le"]), float(r["value"][1]))
-            for r in self.query(f"sum by (le) (increase({REQUEST_DURATION_SECONDS}_bucket{{{selector}}}[{interval}]))")
-        )
-        finite = [(b, c) for b, c in buckets if not math.isnan(c)]
+    def values(self, promql: str, label: str | None = None) -> list[tuple[str | None, float]]:
+        """(value of `label`, sample value) for each series of an instant query's result."""
+        result = self.query(promql)
+        try:
+            return [(r["metric"].get(label) if label else None, float(r["value"][1])) for r in result]
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            raise MetricsUnavailable(f"Prometheus answered {promql!r} with an unexpected result: {exc!r}") from exc
+
+    def _window(self, model: str, rev: Revision | None, role: str, interval: str) -> Window | Unavailable:
+        """The revision's window: the request counts and the latency histogram are read (and may fail) apart,
+        so a histogram query that times out leaves the error-rate gate its counts."""
+        if rev is None:
+            return Unavailable(f"the {role}'s request counters", f"the InferenceService names no {role} version")
+        selector = f'model="{model}",version="{rev.version}",role="{role}"'
+        try:
+            outcomes = dict(
+                self.values(f"sum by (outcome) (increase({REQUESTS_TOTAL}{{{selector}}}[{interval}]))", "outcome")
+            )
+        except MetricsUnavailable as exc:
+            return Unavailable(f"the {role}'s request counters", str(exc))
+        latency: tuple[tuple[float, float], ...] | Unavailable
+        try:
+            buckets = self.values(
+                f"sum by (le) (increase({REQUEST_DURATION_SECONDS}_bucket{{{selector}}}[{interval}]))", "le"
+            )
+            latency = tuple(sorted((float(le), c) for le, c in buckets if not math.isnan(c)))
+        except (MetricsUnavailable, TypeError, ValueError) as exc:
+            latency = Unavailable(f"the {role}'s latency histogram", str(exc))
         ok, error = outcomes.get("ok", 0.0), outcomes.get("error", 0.0)
-        return Window(requests=ok + error, errors=error, latency_buckets=tuple(finite))
+        return Window(requests=ok + error, errors=error, latency_buckets=latency)
 
     def measure(self, model, revisions, interval_seconds, baseline):
         # At least two scrapes inside the range, or increase() has nothing to work with.
         interval = f"{max(int(interval_seconds), 10)}s"
-        canary, champion = (self._window(model, revisions[role], interval) for role in ("canary", "champion"))
-        if champion.requests == 0:
+        canary, champion = (self._window(model, revisions.get(role), role, interval) for role in ("canary", "champion"))
+        if isinstance(champion, Window) and champion.requests == 0:
             # At 100 % the champion serves nothing: compare with what it served over the last hour.
-            champion = self._window(model, revisions["champion"], "1h")
+            champion = self._window(model, revisions.get("champion"), "champion", "1h")
         return Measurement(canary, champion)
 
     def drift(self, model, canary_version):
         selector = f'model="{model}",version="{canary_version}",role="canary"'
-        share = self.query(f'{DRIFT_SHARE}{{{selector},reference="training"}}')
-        psi = self.query(f'{DRIFT_FEATURE_SCORE}{{{selector},reference="champion",feature="{PREDICTION_FEATURE}"}}')
-        return DriftReading(float(share[0]["value"][1]) if share else None, float(psi[0]["value"][1]) if psi else None)
+        share = self.values(f'{DRIFT_SHARE}{{{selector},reference="training"}}')
+        psi = self.values(f'{DRIFT_FEATURE_SCORE}{{{selector},reference="champion",feature="{PREDICTION_FEATURE}"}}')
+        return DriftReading(share[0][1] if share else None, psi[0][1] if psi else None)

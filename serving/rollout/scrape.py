@@ -2,8 +2,10 @@
 counters into per-interval windows (against a baseline taken when the step began).
 
 The baseline is kept on the InferenceService (annotation) with the rest of the rollout state, so a
-restarted loop computes the same windows. On a cluster the Prometheus provider asks `increase(...)`
-over the interval instead and needs no baseline.
+restarted loop computes the same windows. A revision whose process restarted (any series went down)
+counts from zero; the loop then stores zero as its baseline, so the interval keeps counting from the
+restart even once the new counters pass the old ones. On a cluster the Prometheus provider asks
+`increase(...)` over the interval instead and needs no baseline.
 """
 
 from __future__ import annotations
@@ -26,16 +28,33 @@ class Counters:
     error: float = 0.0
     buckets: tuple[tuple[float, float], ...] = ()
 
+    def series(self) -> dict[str, float]:
+        """Every series of the revision by name (a latency bucket by its bound)."""
+        buckets = {f"le={bound!r}": count for bound, count in self.buckets}
+        return {"ok": self.ok, "invalid": self.invalid, "error": self.error, **buckets}
+
+    def restarted_since(self, base: Counters) -> bool:
+        """Whether the revision's process started again after `base` was scraped. A counter only goes
+        down when its process restarts, and then every series of that process restarted with it (a
+        series missing now counts as zero, as in a fresh process that has not served it yet)."""
+        ours = self.series()
+        return any(ours.get(name, 0.0) < value for name, value in base.series().items())
+
+    def since(self, base: Counters) -> Counters:
+        """What a window ending now starts from: `base`, or zero if the process restarted after it."""
+        return Counters() if self.restarted_since(base) else base
+
     def minus(self, base: Counters) -> Window:
-        """The window since `base` (a restarted revision, whose counters went down, counts from zero)."""
-        if self.ok + self.error < base.ok + base.error:
-            base = Counters()
-        base_buckets = dict(base.buckets)
-        buckets = tuple((b, max(c - base_buckets.get(b, 0.0), 0.0)) for b, c in self.buckets)
+        """The window since `base`. After a restart of the revision (any of its series went down) the
+        window counts from zero, for every series: what the new process served. Nothing is negative and
+        errors never exceed requests."""
+        start = self.since(base)
+        start_buckets = dict(start.buckets)
+        buckets = tuple((b, c - start_buckets.get(b, 0.0)) for b, c in self.buckets)
         # Invalid requests are the client's doing: they neither count for nor against the canary.
         return Window(
-            requests=(self.ok - base.ok) + (self.error - base.error),
-            errors=self.error - base.error,
+            requests=(self.ok - start.ok) + (self.error - start.error),
+            errors=self.error - start.error,
             latency_buckets=buckets,
         )
 

@@ -235,3 +235,35 @@ def test_a_write_that_conflicts_is_read_and_applied_again_then_gives_up():
     with pytest.raises(ConflictError):
         retry_on_conflict(always_conflicts, attempts=4)
     assert len(always) == 4
+
+
+def test_a_source_that_cannot_be_read_leaves_only_its_gates_without_a_verdict():
+    from serving.rollout.gates import Unavailable, drift_share, prediction_psi
+
+    down = Unavailable("the drift service", "scraping http://plane/drift/metrics: HTTP 500 Internal Server Error")
+    for result in (drift_share(down, Threshold(max=0.5)), prediction_psi(down, Threshold(max=0.25))):
+        assert result.verdict is Verdict.INCONCLUSIVE and result.value is None
+        assert result.reason == (
+            "no verdict: the drift service could not be read "
+            "(scraping http://plane/drift/metrics: HTTP 500 Internal Server Error)"
+        )
+    counters = Unavailable("the canary's request counters", "scraping http://canary/metrics: ConnectError")
+    assert error_rate(counters, Threshold(max=0.01), 50).reason == str(counters)
+    fast = window(200, latencies=[0.004] * 200)
+    assert latency_ratio(counters, fast, Threshold(max=1.5), 50).reason == str(counters)
+    assert latency_ratio(fast, counters, Threshold(max=1.5), 50).verdict is Verdict.INCONCLUSIVE
+    # The counts were read, the histogram was not: the error rate is judged, the latency is not.
+    histogram = Unavailable("the canary's latency histogram", "Prometheus at http://prometheus: ReadTimeout")
+    counted = Window(200, 10, histogram)
+    assert error_rate(counted, Threshold(max=0.01), 50).verdict is Verdict.FAIL
+    slow = latency_ratio(counted, fast, Threshold(max=1.5), 50)
+    assert slow.verdict is Verdict.INCONCLUSIVE and slow.reason == str(histogram)
+    assert counted.quantile(0.99) is None
+
+
+def test_a_failed_gate_counts_whatever_the_others_could_not_read(policy):
+    unread = [*FAIL, GateResult("drift_share", Verdict.INCONCLUSIVE, "no verdict: the drift service could not be read")]
+    first = decide(policy, State("2", "1", step=1, step_started=0), unread, now=60)
+    assert first.action is Action.HOLD and first.state.failures == 1
+    second = decide(policy, first.state, unread, now=120)
+    assert second.action is Action.ROLLBACK and "canary error rate 30.00%" in second.reason

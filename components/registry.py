@@ -110,13 +110,26 @@ class VersionInfo:
     created_ms: int
 
 
+# What MLflow answers for a model or an alias that does not exist (file, SQL and REST stores alike).
+ABSENT_ERROR_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
+
+
+def _absent_or_raise(exc, what: str) -> None:
+    """Return when `exc` says `what` does not exist; otherwise the registry failed (unreachable,
+    erroring): raise, so that an outage is never read as "no champion yet" and a challenger is never
+    promoted without being compared with the champion it would replace."""
+    if exc.error_code not in ABSENT_ERROR_CODES:
+        raise RegistryError(f"the MLflow registry failed while reading {what}: {exc}") from exc
+
+
 def champion_version(client, name: str):
     """The `@champion` ModelVersion, or None when there is none yet (the first model)."""
     from mlflow.exceptions import MlflowException
 
     try:
         return client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
+    except MlflowException as exc:
+        _absent_or_raise(exc, f"{name}@{CHAMPION}")
         return None
 
 
@@ -126,7 +139,8 @@ def version_with_fingerprint(client, name: str, fingerprint: str):
 
     try:
         found = client.search_model_versions(f"name = '{name}' and tags.`{TAG_FINGERPRINT}` = '{fingerprint}'")
-    except MlflowException:
+    except MlflowException as exc:
+        _absent_or_raise(exc, f"the versions of {name}")
         return None
     return max(found, key=lambda v: int(v.version), default=None)
 

@@ -8,7 +8,10 @@ Alerts carry `shepherd_action` (see `monitoring/rules.py`):
 - anything else is acknowledged and logged.
 
 Every request needs `Authorization: Bearer <token>`; without a configured token the webhook does not
-start. A malformed body is a 400 naming the field; nothing here answers a client's mistake with a 5xx.
+start. A malformed body is a 400 naming the field, a body over `MAX_BODY_BYTES` a 413, and an alert for
+a model Shepherd does not know is acknowledged as ignored (200): nothing here answers a sender's mistake
+with a 5xx, so Alertmanager never retries one forever. A 503 means our side failed (the registry, the
+serving backend or KFP) and a redelivery may succeed.
 
   POST /alerts     Alertmanager webhook payload (version 4)
   GET  /healthz
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hmac
+import json
 import logging
 import os
 import subprocess
@@ -44,11 +48,36 @@ ENV_TOKEN = "SHEPHERD_WEBHOOK_TOKEN"
 ENV_NAMESPACE = "SHEPHERD_NAMESPACE"
 ENV_KFP_HOST = "SHEPHERD_KFP_HOST"
 ENV_DRIFT_URL = "SHEPHERD_DRIFT_URL"
+# Alertmanager's payload for one group: a few KB per alert, so this holds hundreds of alerts.
+MAX_BODY_BYTES = 4 * 1024 * 1024
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class BadPayload(ValueError):
     """The body is not an Alertmanager webhook payload; the message names the field."""
+
+
+class BodyTooLarge(BadPayload):
+    """The body is over MAX_BODY_BYTES: answered with a 413 before it is read in full."""
+
+
+class UnknownModel(LookupError):
+    """The alert names a model with no @champion in the registry: nothing to retrain from."""
+
+
+async def read_capped(request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, refused (BodyTooLarge) as soon as it is known to exceed `limit` bytes,
+    whether the sender declared its length or streams it in chunks."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"body: {int(declared)} bytes, at most {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"body: more than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 @dataclass(frozen=True)
@@ -175,7 +204,7 @@ def _champion_spec(tracking_uri: str, model: str, directory: Path) -> Path:
     client = registry.connect(tracking_uri)
     champion = registry.champion_version(client, model)
     if champion is None:
-        raise LookupError(f"model {model!r} has no @champion to retrain from")
+        raise UnknownModel(f"model {model!r} has no @champion to retrain from")
     return Path(client.download_artifacts(champion.run_id, registry.SPEC_ARTIFACT, str(directory)))
 
 
@@ -226,6 +255,11 @@ class AlertActions:
             self._retrained[alert.model] = time.time()
         try:
             started = self.retrain(alert.model, reason)
+        except UnknownModel as exc:  # the sender's mistake: a redelivery cannot succeed
+            with self._lock:
+                self._retrained.pop(alert.model, None)
+            logger.warning("retraining alert %s ignored: %s", alert.name, exc)
+            return {"outcome": "ignored", "detail": str(exc)}
         except Exception as exc:
             with self._lock:
                 self._retrained.pop(alert.model, None)  # let the next notification try again
@@ -266,8 +300,10 @@ def create_app(actions: AlertActions, token: str) -> FastAPI:
                 headers={"WWW-Authenticate": "Bearer"},
             )
         try:
-            parsed = parse_alerts(await request.json())
-        except ValueError as exc:  # BadPayload, or a body that is not JSON
+            parsed = parse_alerts(json.loads(await read_capped(request)))
+        except BodyTooLarge as exc:
+            return JSONResponse({"error": str(exc)}, status_code=413)
+        except ValueError as exc:  # BadPayload, or a body that is not JSON (or not UTF-8)
             return JSONResponse({"error": str(exc) if isinstance(exc, BadPayload) else "body: not JSON"}, 400)
         results = await asyncio.to_thread(actions.handle, parsed)
         # A failed action is ours, not the sender's: 503 makes Alertmanager deliver the group again.

@@ -165,6 +165,7 @@ def watch(
     Each interval the gates (error rate, p99 latency vs the champion, drift vs training, predictions vs
     the champion) are read from the revisions' /metrics and the plane's drift service; the canary steps
     up, waits, promotes or rolls back. State lives on the InferenceService: stop and restart any time.
+    If the plane goes away mid-rollout (a restart), watch waits for it, backing off up to 30 s, until --timeout.
     """
     settings = Settings.from_env(home=home, tracking_uri=tracking_uri)
     target = serving_backend(backend, settings)
@@ -211,24 +212,45 @@ def _background_traffic(url: str, spec: Path, per_second: float):
 
 
 def _watch(target, settings, namespace, model, interval, deadline, timeout, last_reason) -> None:
+    from serving.backends import ServingError
+    from serving.rollout.controller import Backoff
     from serving.rollout.loop import canary_percent, reconcile_once
     from serving.rollout.machine import Action
 
+    backoff, reached = Backoff(interval), False
     while True:
-        active = [
-            o["metadata"]["name"]
-            for o in target.list()
-            if o["metadata"].get("namespace") == namespace
-            and canary_percent(o) is not None
-            and (model is None or o["metadata"]["name"] == model)
-        ]
+        try:
+            active = [
+                o["metadata"]["name"]
+                for o in target.list()
+                if o["metadata"].get("namespace") == namespace
+                and canary_percent(o) is not None
+                and (model is None or o["metadata"]["name"] == model)
+            ]
+        except ServingError as exc:
+            if not reached:  # never answered: most likely not started, say how to start it
+                raise
+            # It answered before and went away (restarting?): wait for it, the state is on the objects.
+            if deadline is not None and time.monotonic() > deadline:
+                console.print(f"[yellow]the serving backend is still unavailable after {timeout:.0f} s[/]: {exc}")
+                raise typer.Exit(1) from None
+            delay = backoff.failed()
+            console.print(f"[yellow]{exc}[/]; retrying in {delay:.0f} s")
+            time.sleep(delay)
+            continue
+        backoff.succeeded()
+        reached = True
         if not active:
             done = "every rollout has finished" if last_reason else "no canary is rolling out"
             console.print(done + (f" for {model}" if model else ""))
             return
         finished = 0
         for name in active:
-            decision = reconcile_once(target, settings.tracking_uri, namespace, name)
+            try:
+                decision = reconcile_once(target, settings.tracking_uri, namespace, name)
+            except ServingError as exc:  # went away mid-pass: the next pass waits for it
+                console.print(f"[yellow]{name}: {exc}[/]")
+                continue
             if decision is None:
                 finished += 1
                 continue

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -66,6 +67,24 @@ class RolloutMetrics:
         self.percent.labels(model).set(percent)
 
 
+@dataclass
+class Backoff:
+    """How long to wait after consecutive failures to reach the serving backend: `base` seconds,
+    doubling, at most `cap`; one success starts again from `base`. A controller never exits because
+    the API server or the plane is away for a while: it waits and resumes the rollouts where they are."""
+
+    base: float
+    cap: float = 30.0
+    failures: int = 0
+
+    def failed(self) -> float:
+        self.failures += 1
+        return min(self.cap, max(self.base, 0.5) * 2 ** (self.failures - 1))
+
+    def succeeded(self) -> None:
+        self.failures = 0
+
+
 def reconcile_all(backend, tracking_uri: str, namespace: str | None, provider=None, metrics=None) -> list[Decision]:
     """One pass over every InferenceService with a canary (in `namespace`, or everywhere)."""
     decisions = []
@@ -95,11 +114,20 @@ def run(
     stop: threading.Event | None = None,
     on_decision: Callable[[str, Decision], None] | None = None,
 ) -> None:
-    """Reconcile every `interval_seconds` until `stop` is set."""
+    """Reconcile every `interval_seconds` until `stop` is set; back off while the backend is away."""
     stop = stop or threading.Event()
+    backoff = Backoff(interval_seconds)
     while not stop.is_set():
         started = time.monotonic()
-        for decision in reconcile_all(backend, tracking_uri, namespace, provider, metrics):
+        try:
+            decisions = reconcile_all(backend, tracking_uri, namespace, provider, metrics)
+        except Exception as exc:  # listing failed: the API server or the plane is unreachable
+            delay = backoff.failed()
+            logger.warning("serving backend unavailable (%s); retrying in %.0f s", exc, delay)
+            stop.wait(delay)
+            continue
+        backoff.succeeded()
+        for decision in decisions:
             if on_decision is not None:
                 on_decision(decision.state.canary_version, decision)
         stop.wait(max(0.0, interval_seconds - (time.monotonic() - started)))

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from monitoring.webhook import AlertActions, create_app, parse_alerts
+from monitoring.webhook import MAX_BODY_BYTES, AlertActions, LocalRetrainer, create_app, parse_alerts
+from serving.local_plane import free_port
 
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -137,3 +138,37 @@ def test_a_failed_action_is_a_503_so_alertmanager_delivers_again():
     assert first.status_code == 503 and first.json()["results"][0]["detail"] == "KFP is down"
     again = client.post("/alerts", json={"alerts": [alert()]}, headers=AUTH)  # the retry is not "deduplicated"
     assert again.status_code == 200 and again.json()["results"][0]["outcome"] == "retraining"
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_an_oversized_body_is_a_413_before_it_is_read(webhook, chunked):
+    client, started = webhook
+    body = b'{"alerts": [' + b" " * (MAX_BODY_BYTES + 1) + b"]}"
+    if chunked:  # no content-length: the cap holds on the bytes actually streamed
+        response = client.post("/alerts", content=iter([body[:1024], body[1024:]]), headers=AUTH)
+    else:
+        response = client.post("/alerts", content=body, headers={**AUTH, "content-type": "application/json"})
+    assert response.status_code == 413 and response.json()["error"].startswith("body: ")
+    assert started == []
+
+
+def test_a_retraining_alert_for_an_unknown_model_is_acknowledged_not_retried(tmp_path):
+    """Alertmanager redelivers on a 5xx forever: a model with no @champion is the sender's mistake."""
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    actions = AlertActions(NoRollouts(), tracking_uri, "models", LocalRetrainer(tmp_path, tracking_uri))
+    client = TestClient(create_app(actions, TOKEN))
+    response = client.post("/alerts", json={"alerts": [alert(model="no-such-model")]}, headers=AUTH)
+    assert response.status_code == 200
+    (result,) = response.json()["results"]
+    assert result["outcome"] == "ignored" and "'no-such-model' has no @champion" in result["detail"]
+    assert not list((tmp_path / "retrain").glob("*.log"))  # no run was started
+
+
+def test_a_retraining_alert_while_the_registry_is_down_is_a_503(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    tracking_uri = f"http://127.0.0.1:{free_port()}"  # nothing listens: the registry is down
+    actions = AlertActions(NoRollouts(), tracking_uri, "models", LocalRetrainer(tmp_path, tracking_uri))
+    client = TestClient(create_app(actions, TOKEN))
+    response = client.post("/alerts", json={"alerts": [alert()]}, headers=AUTH)
+    assert response.status_code == 503
+    assert "registry failed" in response.json()["results"][0]["detail"]

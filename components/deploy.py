@@ -38,6 +38,48 @@ def render(
     )
 
 
+def canary_in_flight(current: dict | None, new_version: str) -> tuple[str, int] | None:
+    """(version, percent) of a canary still rolling out on `current` that deploying `new_version`
+    would replace, or None."""
+    from serving.inference_service import ANNOTATION_VERSION
+    from serving.rollout.loop import canary_percent
+
+    if current is None:
+        return None
+    percent = canary_percent(current)
+    version = current["metadata"].get("annotations", {}).get(ANNOTATION_VERSION)
+    if percent is None or version is None or str(version) == str(new_version):
+        return None
+    return str(version), percent
+
+
+def apply_deployment(backend, obj: dict, tracking_uri: str) -> dict:
+    """Apply `obj`; when it replaces a canary whose rollout had not finished (two runs of one model at
+    once, or a retraining during a rollout), say so where people look: a Warning event on the object
+    (`shepherd history`) and the `shepherd.rollout` tag on the replaced version. The newest challenger
+    wins, as in Flagger: its rollout starts again from the first step."""
+    from components import registry
+    from serving.inference_service import ANNOTATION_VERSION
+    from serving.rollout.loop import TAG_ROLLOUT
+
+    meta = obj["metadata"]
+    new_version = meta["annotations"][ANNOTATION_VERSION]
+    replaced = canary_in_flight(backend.get(meta["namespace"], meta["name"]), new_version)
+    applied = backend.apply(obj)
+    if replaced is not None:
+        old_version, percent = replaced
+        message = f"v{old_version} (canary at {percent} %) superseded by v{new_version} before its rollout finished"
+        backend.record_event(applied, reason="CanarySuperseded", message=message, warning=True)
+        try:
+            client = registry.connect(tracking_uri)
+            client.set_model_version_tag(meta["name"], old_version, TAG_ROLLOUT, f"superseded: {message}")
+        except Exception as exc:  # the deployment stands; the event above already tells the story
+            from components.progress import say
+
+            say(f"deploy: could not tag v{old_version} as superseded: {exc}")
+    return applied
+
+
 @step
 def deploy_op(
     spec_yaml: str,
@@ -50,7 +92,7 @@ def deploy_op(
 ):
     """Render the InferenceService for the promoted version, save it, and apply it if a plane is given."""
     from components import registry
-    from components.deploy import payload_log_url_for, render
+    from components.deploy import apply_deployment, payload_log_url_for, render
     from components.progress import say
     from components.spec import parse_spec
     from serving.inference_service import to_yaml
@@ -68,7 +110,7 @@ def deploy_op(
     if serving_target:
         from serving.backends import backend_for
 
-        applied = backend_for(serving_target).apply(obj)
+        applied = apply_deployment(backend_for(serving_target), obj, tracking_uri)
         predictor = applied.get("status", {}).get("components", {}).get("predictor", {})
         split = ", ".join(f"{t['revisionName']} {t['percent']} %" for t in predictor.get("traffic", []))
         say(f"deploy: applied to {serving_target}" + (f" ({split})" if split else " (KServe reports status next)"))

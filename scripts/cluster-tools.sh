@@ -11,6 +11,10 @@ cache=${SHEPHERD_CACHE:-$HOME/.cache/shepherd}/cluster-k8s-${K8S_VERSION}-etcd-$
 mkdir -p "$cache"
 
 command -v go >/dev/null || { echo "error: Go is needed to build the cluster test binaries (https://go.dev/dl)" >&2; exit 1; }
+# One builder per cache: two checkouts testing at once on one machine (a CI run beside a developer's)
+# would otherwise compile into the same .tmp file and move it from under each other.
+exec 9>"$cache/.lock"
+command -v flock >/dev/null && flock 9 || true
 
 if [ ! -x "$cache/etcd" ]; then
   echo "==> building etcd $ETCD_VERSION into $cache (once per machine)" >&2

@@ -8,9 +8,12 @@ import pytest
 import yaml
 from kubernetes import client
 
+from components import registry
+from components.deploy import apply_deployment
 from components.spec import parse_spec
 from serving.backends import KubernetesBackend, ServingError
 from serving.inference_service import build_inference_service
+from serving.rollout.loop import TAG_ROLLOUT
 from tests.conftest import REPO
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
@@ -116,3 +119,29 @@ def test_deploy_target_kubernetes_uses_the_kubeconfig(control_plane, namespace, 
     assert applied["metadata"]["namespace"] == namespace
     with pytest.raises(ServingError, match="expected 'kubernetes' or the URL"):
         backend_for("k8s")
+
+
+def test_a_newer_challenger_supersedes_an_unfinished_canary_and_says_so(control_plane, namespace, churn_spec, tmp_path):
+    """Two runs of one model at once: the newest challenger wins (its rollout starts again at the first
+    step), and the replaced canary's end is recorded, not silent."""
+    backend = KubernetesBackend(control_plane.api_client())
+    spec = _in(churn_spec, namespace)
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = registry.connect(tracking_uri)
+    client.create_registered_model("churn")
+    for _ in range(3):
+        client.create_model_version("churn", source=str(tmp_path))
+
+    apply_deployment(backend, build_inference_service(spec, "1"), tracking_uri)
+    apply_deployment(backend, build_inference_service(spec, "2", champion_version="1", canary_percent=10), tracking_uri)
+    assert backend.events(namespace, "churn") == []  # a first canary replaces nothing
+    third = build_inference_service(spec, "3", champion_version="1", canary_percent=10)
+    applied = apply_deployment(backend, third, tracking_uri)
+    apply_deployment(backend, third, tracking_uri)  # the same version again supersedes nothing more
+
+    assert applied["metadata"]["annotations"]["shepherd.io/model-version"] == "3"
+    superseded = [e for e in backend.events(namespace, "churn") if e["reason"] == "CanarySuperseded"]
+    assert len(superseded) == 1 and superseded[0]["type"] == "Warning"
+    assert "v2 (canary at 10 %) superseded by v3" in superseded[0]["message"]
+    assert client.get_model_version("churn", "2").tags[TAG_ROLLOUT].startswith("superseded: v2")
+    assert TAG_ROLLOUT not in client.get_model_version("churn", "3").tags

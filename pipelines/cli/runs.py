@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from components.run_arguments import IMAGE_FEATURE_REPO
 from pipelines.cli.common import HomeOption, SpecOption, TrackingOption, app, console, friendly, load_model_spec, out
 from pipelines.settings import DEFAULT_SPEC, Settings
 
@@ -106,7 +107,7 @@ def submit(
     ],
     feature_repo: Annotated[
         str, typer.Option("--feature-repo", help="Feast repo path inside the platform image.")
-    ] = "/opt/shepherd/feature_repo",
+    ] = IMAGE_FEATURE_REPO,
     spec: SpecOption = DEFAULT_SPEC,
     experiment: Annotated[str, typer.Option(help="KFP experiment to file the run under.")] = "shepherd",
     wait: Annotated[bool, typer.Option(help="Wait for the run to finish.")] = False,

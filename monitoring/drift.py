@@ -12,8 +12,17 @@ Results are Prometheus gauges (names in `monitoring/metrics.py`), JSON at `/mode
 Evidently HTML report at `/models/<model>/report?role=canary&reference=champion`
 (`shepherd drift report` saves it). The local serving plane runs one and serves it under `/drift/`.
 
+Payload logs are accepted in three CloudEvents forms (contract in `monitoring/payload_log.py`): binary mode
+(ce-* headers, one event per POST: what KServe's logger sends), one structured event
+(`application/cloudevents+json`), and batch mode (`application/cloudevents-batch+json`, a JSON array of
+structured events: what the local plane sends). A request waits in `pending` for its response: a response
+with an error status (the `statuscode` attribute) drops it at once, and a request whose response never comes
+(KServe's logger logs no error responses) is dropped after `--pending-ttl` seconds, so memory stays flat
+whatever the traffic. Binary tensor bodies (the `inferenceheaderlength` attribute) are decoded with KServe's
+own parser.
+
 HTTP API:
-  POST /                          a CloudEvent in binary mode (ce-* headers, JSON body), as KServe's logger sends
+  POST /                          CloudEvents: binary mode (KServe's logger), structured, or batch mode
   GET  /metrics                   Prometheus exposition
   GET  /models/<model>            latest results per revision and reference
   GET  /models/<model>/report     Evidently HTML (query: role, reference)
@@ -24,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -47,20 +57,33 @@ from monitoring.metrics import (
     DRIFT_DETECTED,
     DRIFT_EVENTS_TOTAL,
     DRIFT_FEATURE_SCORE,
+    DRIFT_PENDING_DISCARDED_TOTAL,
+    DRIFT_PENDING_REASONS,
+    DRIFT_PENDING_REQUESTS,
     DRIFT_SHARE,
     DRIFT_WINDOW_ROWS,
+)
+from monitoring.payload_log import (
+    BATCH_CONTENT_TYPE,
+    HEADER_LENGTH_ATTRIBUTE,
+    MODEL_ID_ATTRIBUTE,
+    REQUEST_EVENT,
+    RESPONSE_EVENT,
+    STATUS_ATTRIBUTE,
+    STRUCTURED_CONTENT_TYPE,
 )
 
 logger = logging.getLogger("shepherd.drift")
 
-REQUEST_EVENT = "org.kubeflow.serving.inference.request"
-RESPONSE_EVENT = "org.kubeflow.serving.inference.response"
 PREDICTION_COLUMN = "prediction"
 METHOD = "psi"
 COLUMN_THRESHOLD = 0.1  # PSI above which Evidently calls one column drifted
 DATASET_DRIFT_SHARE = 0.5  # share of drifted columns above which the whole dataset has drifted
 REFERENCE_ROWS = 2000
-PENDING_LIMIT = 10_000  # requests waiting for their response event; the oldest are dropped beyond it
+PENDING_LIMIT = 10_000  # requests waiting for their response event, per window; the oldest are dropped beyond it
+PENDING_ROWS_LIMIT = 100_000  # rows of those requests, per window; the oldest are dropped beyond it
+DEFAULT_PENDING_TTL_SECONDS = 60.0  # a request whose response has not come by then never will
+ENV_PENDING_TTL = "SHEPHERD_DRIFT_PENDING_TTL"
 
 
 class BadEvent(ValueError):
@@ -91,16 +114,140 @@ class DriftResult:
 
 
 @dataclass
+class Pending:
+    rows: list[dict]
+    received: float  # time.monotonic()
+
+
+@dataclass
 class Window:
     """The latest rows one revision served: features plus the predicted probability."""
 
     version: str
     rows: deque = field(default_factory=deque)
-    pending: dict[str, list[dict]] = field(default_factory=dict)  # event id -> request rows
+    pending: dict[str, Pending] = field(default_factory=dict)  # event id -> request rows, oldest first
+    pending_rows: int = 0
     changed: bool = False
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(list(self.rows))
+
+    def wait_for_response(self, event_id: str, rows: list[dict], now: float) -> int:
+        """Keep a request's rows until its response comes; returns how many older requests the limits dropped."""
+        self.take(event_id)  # a repeated id moves to the end: the dict stays in arrival order
+        self.pending[event_id] = Pending(rows, now)
+        self.pending_rows += len(rows)
+        dropped = 0
+        while len(self.pending) > 1 and (len(self.pending) > PENDING_LIMIT or self.pending_rows > PENDING_ROWS_LIMIT):
+            self.take(next(iter(self.pending)))
+            dropped += 1
+        return dropped
+
+    def take(self, event_id: str) -> list[dict] | None:
+        """The pending request's rows (no longer pending), or None if it is not waiting."""
+        entry = self.pending.pop(event_id, None)
+        if entry is None:
+            return None
+        self.pending_rows -= len(entry.rows)
+        return entry.rows
+
+    def expire(self, older_than: float) -> int:
+        """Drop the requests received before `older_than`; returns how many."""
+        expired = 0
+        while self.pending:
+            oldest = next(iter(self.pending))
+            if self.pending[oldest].received >= older_than:
+                break
+            self.take(oldest)
+            expired += 1
+        return expired
+
+
+@dataclass(frozen=True)
+class LoggedEvent:
+    """One payload-log CloudEvent, whatever form it came in."""
+
+    kind: str  # REQUEST_EVENT | RESPONSE_EVENT
+    event_id: str
+    model: str  # the InferenceService
+    role: str  # champion | canary
+    version: str  # the `modelid` attribute; may be a name rather than a version (KServe)
+    status: int  # of the response; 200 when the logger does not say (KServe logs only 200s)
+    payload: object  # the decoded body
+
+
+def _attribute(attributes: Mapping, name: str, where: str) -> str:
+    value = attributes.get(name)
+    if value is None or value == "":
+        raise BadEvent(f"{where}{name}: required (KServe's payload logger sets it)")
+    if not isinstance(value, str):
+        raise BadEvent(f"{where}{name}: expected a string, got {type(value).__name__}")
+    return value
+
+
+def _event(attributes: Mapping, where: str, decode) -> LoggedEvent:
+    """A LoggedEvent from its attributes (`where` prefixes each name: `header ce-` or `events[3].`)."""
+    kind = _attribute(attributes, "type", where)
+    event_id = _attribute(attributes, "id", where)
+    model = _attribute(attributes, "inferenceservicename", where)
+    if kind not in (REQUEST_EVENT, RESPONSE_EVENT):
+        raise BadEvent(f"{where}type: {kind!r} is neither {REQUEST_EVENT!r} nor {RESPONSE_EVENT!r}")
+    status = attributes.get(STATUS_ATTRIBUTE, 200)
+    try:
+        status = int(status)
+    except (TypeError, ValueError):
+        raise BadEvent(f"{where}{STATUS_ATTRIBUTE}: expected an HTTP status code, got {status!r}") from None
+    version = attributes.get(MODEL_ID_ATTRIBUTE) or ""
+    role = "canary" if attributes.get("endpoint") == "canary" else "champion"
+    payload = decode(kind, attributes.get(HEADER_LENGTH_ATTRIBUTE)) if 200 <= status < 300 else None
+    return LoggedEvent(kind, event_id, model, role, str(version), status, payload)
+
+
+def _decode(data: bytes, kind: str, header_length, model: str) -> object:
+    """The body as JSON, or a binary tensor body (OIP extension) as the V2 JSON it stands for."""
+    if header_length is None:
+        try:
+            return json.loads(data)
+        except ValueError as exc:
+            raise BadEvent(f"body: not JSON ({exc})") from exc
+    from kserve.protocol.infer_type import InferRequest, InferResponse
+
+    try:
+        length = int(header_length)
+        if kind == REQUEST_EVENT:
+            tensors = InferRequest.from_bytes(data, length, model).inputs
+            return {"inputs": [{"name": t.name, "data": t.data} for t in tensors]}
+        tensors = InferResponse.from_bytes(data, length).outputs
+        return {"outputs": [{"name": t.name, "data": t.data} for t in tensors]}
+    except Exception as exc:  # KServe's parser raises several kinds for a malformed body
+        raise BadEvent(f"body: not a binary tensor body with a {header_length}-byte JSON header ({exc})") from exc
+
+
+def event_from_binary(headers: Mapping[str, str], body: bytes) -> LoggedEvent:
+    """An event in binary mode: attributes in ce-* headers, the payload as the body (KServe's logger)."""
+    attributes = {k.lower()[3:]: v for k, v in headers.items() if k.lower().startswith("ce-")}
+    model = attributes.get("inferenceservicename", "")
+    return _event(attributes, "header ce-", lambda kind, length: _decode(body, kind, length, model))
+
+
+def event_from_structured(event: object, where: str = "") -> LoggedEvent:
+    """An event in the JSON event format: attributes as members, `data` (JSON) or `data_base64`."""
+    if not isinstance(event, dict):
+        raise BadEvent(f"{where or 'body'}: expected a CloudEvent (a JSON object)")
+    model = event.get("inferenceservicename", "")
+
+    def decode(kind: str, length):
+        if "data_base64" in event:
+            try:
+                data = base64.b64decode(event["data_base64"], validate=True)
+            except (TypeError, ValueError) as exc:
+                raise BadEvent(f"{where}data_base64: not base64 ({exc})") from exc
+            return _decode(data, kind, length, model)
+        if "data" not in event:
+            raise BadEvent(f"{where}data: required (or data_base64)")
+        return event["data"]
+
+    return _event(event, where, decode)
 
 
 @dataclass(frozen=True)
@@ -230,11 +377,15 @@ class DriftService:
         registry: CollectorRegistry,
         window_rows: int = 500,
         min_rows: int = 200,
+        pending_ttl: float = DEFAULT_PENDING_TTL_SECONDS,
     ):
+        if pending_ttl <= 0:
+            raise ValueError(f"pending_ttl: must be positive, got {pending_ttl}")
         self.references = references
         self.registry = registry
         self.window_rows = window_rows
         self.min_rows = min_rows
+        self.pending_ttl = pending_ttl
         self.windows: dict[tuple[str, str], Window] = {}  # (model, role)
         self.results: dict[tuple[str, str, str], DriftResult] = {}  # (model, role, reference)
         self._lock = threading.Lock()
@@ -253,58 +404,100 @@ class DriftService:
             DRIFT_EVENTS_TOTAL.removesuffix("_total"), "CloudEvents received.", ["outcome"], registry=registry
         )
         self.events = {o: events.labels(outcome=o) for o in ("ok", "invalid")}
+        pending = Gauge(DRIFT_PENDING_REQUESTS, "Request events waiting for their response event.", registry=registry)
+        # list(): a scrape must not iterate the dict while an ingesting thread changes it
+        pending.set_function(lambda: sum(len(w.pending) for w in list(self.windows.values())))
+        discarded = Counter(
+            DRIFT_PENDING_DISCARDED_TOTAL.removesuffix("_total"),
+            "Request events dropped before a response paired them.",
+            ["reason"],
+            registry=registry,
+        )
+        self.discarded = {r: discarded.labels(reason=r) for r in DRIFT_PENDING_REASONS}
 
     # -- ingestion ------------------------------------------------------------------------------
     def ingest(self, headers: Mapping[str, str], body: bytes) -> int:
-        """Take one CloudEvent; returns the rows it completed (0 for a request still awaiting its response)."""
+        """Take one CloudEvent in binary mode (KServe's logger); returns the rows it completed (0 for a
+        request still awaiting its response)."""
+        return self._counted(lambda: self._take(event_from_binary(headers, body)))
+
+    def ingest_structured(self, event: object, where: str = "") -> int:
+        """Take one CloudEvent in the JSON event format."""
+        return self._counted(lambda: self._take(event_from_structured(event, where)))
+
+    def ingest_batch(self, body: bytes) -> dict:
+        """Take a batch (a JSON array of structured events). A bad event is reported by its index and
+        does not keep the others out."""
         try:
-            rows = self._ingest(headers, body)
+            events = json.loads(body)
+        except ValueError as exc:
+            raise BadEvent(f"body: not JSON ({exc})") from exc
+        if not isinstance(events, list):
+            raise BadEvent("body: expected a JSON array of CloudEvents (batch mode)")
+        rows, invalid = 0, []
+        for index, event in enumerate(events):
+            try:
+                rows += self.ingest_structured(event, f"events[{index}].")
+            except (BadEvent, LookupError) as exc:
+                invalid.append({"index": index, "error": str(exc)})
+        return {"events": len(events), "rows": rows, "invalid": invalid}
+
+    def _counted(self, take) -> int:
+        try:
+            rows = take()
         except BadEvent:
             self.events["invalid"].inc()
             raise
         self.events["ok"].inc()
         return rows
 
-    def _ingest(self, headers: Mapping[str, str], body: bytes) -> int:
-        def header(name: str) -> str:
-            value = headers.get(name)
-            if not value:
-                raise BadEvent(f"header {name}: required (KServe's payload logger sets it)")
-            return value
-
-        kind, event_id, model = header("ce-type"), header("ce-id"), header("ce-inferenceservicename")
-        if kind not in (REQUEST_EVENT, RESPONSE_EVENT):
-            raise BadEvent(f"header ce-type: {kind!r} is neither {REQUEST_EVENT!r} nor {RESPONSE_EVENT!r}")
-        role = "canary" if headers.get("ce-endpoint") == "canary" else "champion"
-        try:
-            payload = json.loads(body)
-        except ValueError as exc:
-            raise BadEvent(f"body: not JSON ({exc})") from exc
-        version = headers.get("ce-modelid", "")
+    def _take(self, event: LoggedEvent) -> int:
+        version = event.version
         if not version.isdigit():
-            version = self.references.resolve_version(model, role)
+            version = self.references.resolve_version(event.model, event.role)
+        model, role = event.model, event.role
+        request_rows = rows_from_request(event.payload) if event.kind == REQUEST_EVENT else None
+        now = time.monotonic()
         with self._lock:
+            self._expire(now)
             window = self.windows.get((model, role))
             if window is None or window.version != version:
                 if window is not None:
                     self._forget(model, role, window.version)
                 window = self.windows[(model, role)] = Window(version, deque(maxlen=self.window_rows))
-            if kind == REQUEST_EVENT:
-                window.pending[event_id] = rows_from_request(payload)
-                while len(window.pending) > PENDING_LIMIT:
-                    window.pending.pop(next(iter(window.pending)))
+            if request_rows is not None:
+                self.discarded["overflow"].inc(window.wait_for_response(event.event_id, request_rows, now))
                 return 0
-            scores = scores_from_response(payload)
-            rows = window.pending.pop(event_id, None)
+            rows = window.take(event.event_id)
             if rows is None:
-                return 0  # the request event was lost or dropped: nothing to pair
+                return 0  # the request event was lost, dropped or expired: nothing to pair
+            if not 200 <= event.status < 300:
+                self.discarded["error_response"].inc()  # rejected: no prediction to compare
+                return 0
+            scores = scores_from_response(event.payload)
             if len(rows) != len(scores):
-                raise BadEvent(f"body: {len(scores)} predictions for a request of {len(rows)} rows (ce-id {event_id})")
+                raise BadEvent(
+                    f"body: {len(scores)} predictions for a request of {len(rows)} rows (id {event.event_id})"
+                )
             for row, score in zip(rows, scores, strict=True):
                 window.rows.append({**row, PREDICTION_COLUMN: score})
             window.changed = True
             self.window_rows_gauge.labels(model, version, role).set(len(window.rows))
             return len(rows)
+
+    def expire(self) -> int:
+        """Drop requests whose response has not come within the TTL; returns how many."""
+        with self._lock:
+            return self._expire(time.monotonic())
+
+    def _expire(self, now: float) -> int:
+        expired = sum(w.expire(now - self.pending_ttl) for w in self.windows.values())
+        self.discarded["expired"].inc(expired)
+        return expired
+
+    def pending(self, model: str) -> dict[str, int]:
+        """Requests waiting for their response, per role."""
+        return {role: len(w.pending) for (m, role), w in list(self.windows.items()) if m == model}
 
     def _forget(self, model: str, role: str, version: str) -> None:
         """A role moved to another version: its old series go away rather than linger stale."""
@@ -405,21 +598,37 @@ def create_app(service: DriftService, compute_interval: float = 5.0) -> FastAPI:
                 except Exception:  # one bad window must not stop the others' monitoring
                     logger.exception("drift computation failed")
 
-        task = asyncio.create_task(recompute())
+        async def expire():  # also when no event arrives to trigger it
+            while True:
+                await asyncio.sleep(min(service.pending_ttl / 4, 5.0))
+                service.expire()
+
+        tasks = [asyncio.create_task(recompute()), asyncio.create_task(expire())]
         yield
-        task.cancel()
+        for task in tasks:
+            task.cancel()
 
     app = FastAPI(title="Shepherd drift service", lifespan=lifespan)
 
     @app.post("/")
     async def receive(request: Request) -> Response:
         body = await request.body()
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         try:
-            rows = await asyncio.to_thread(service.ingest, request.headers, body)
+            if content_type == BATCH_CONTENT_TYPE:
+                return JSONResponse(await asyncio.to_thread(service.ingest_batch, body), status_code=202)
+            if content_type == STRUCTURED_CONTENT_TYPE:
+                try:
+                    event = json.loads(body)
+                except ValueError as exc:
+                    raise BadEvent(f"body: not JSON ({exc})") from exc
+                rows = await asyncio.to_thread(service.ingest_structured, event)
+            else:
+                rows = await asyncio.to_thread(service.ingest, request.headers, body)
         except BadEvent as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         except LookupError as exc:  # no such model or alias in the registry
-            return JSONResponse({"error": f"header ce-inferenceservicename: {exc}"}, status_code=404)
+            return JSONResponse({"error": f"inferenceservicename: {exc}"}, status_code=404)
         return JSONResponse({"rows": rows}, status_code=202)
 
     @app.get("/metrics")
@@ -430,7 +639,8 @@ def create_app(service: DriftService, compute_interval: float = 5.0) -> FastAPI:
     async def results(model: str) -> Response:
         found = [asdict(r) for (m, _, _), r in service.results.items() if m == model]
         windows = {role: len(w.rows) for (m, role), w in service.windows.items() if m == model}
-        return JSONResponse({"model": model, "windows": windows, "minRows": service.min_rows, "results": found})
+        body = {"model": model, "windows": windows, "pending": service.pending(model), "minRows": service.min_rows}
+        return JSONResponse({**body, "results": found})
 
     @app.get("/models/{model}/report")
     async def report(model: str, role: str = "champion", reference: str = "training") -> Response:
@@ -463,13 +673,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window-rows", type=int, default=500, help="rows kept per revision (default 500)")
     parser.add_argument("--min-rows", type=int, default=200, help="rows needed before drift is computed (default 200)")
     parser.add_argument("--compute-interval", type=float, default=5.0, help="seconds between computations")
+    parser.add_argument(
+        "--pending-ttl",
+        type=float,
+        default=float(os.environ.get(ENV_PENDING_TTL) or DEFAULT_PENDING_TTL_SECONDS),
+        help=f"seconds a request waits for its response before it is dropped [env: {ENV_PENDING_TTL}]",
+    )
     args = parser.parse_args(argv)
     if not args.tracking_uri:
         parser.error("--tracking-uri or MLFLOW_TRACKING_URI is required")
     if not 0 < args.min_rows <= args.window_rows:
         parser.error(f"--min-rows must be within 1..--window-rows ({args.window_rows}), got {args.min_rows}")
+    if args.pending_ttl <= 0:
+        parser.error(f"--pending-ttl must be positive, got {args.pending_ttl}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    service = DriftService(ReferenceStore(args.tracking_uri), CollectorRegistry(), args.window_rows, args.min_rows)
+    service = DriftService(
+        ReferenceStore(args.tracking_uri), CollectorRegistry(), args.window_rows, args.min_rows, args.pending_ttl
+    )
     uvicorn.run(create_app(service, args.compute_interval), host=args.host, port=args.port, log_level="warning")
     return 0
 

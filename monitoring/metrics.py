@@ -34,7 +34,22 @@ DRIFT_DETECTED = "shepherd_drift_detected"  # 1 when Evidently's dataset drift f
 DRIFT_FEATURE_SCORE = "shepherd_drift_feature_score"  # Evidently's per-column drift score
 DRIFT_WINDOW_ROWS = "shepherd_drift_window_rows"  # rows in the revision's current window
 DRIFT_EVENTS_TOTAL = "shepherd_drift_events_total"  # CloudEvents received, by `outcome`
+DRIFT_PENDING_REQUESTS = "shepherd_drift_pending_requests"  # request events still waiting for their response
+# Request events dropped before their response paired them, by `reason`: `error_response` (the request was
+# answered with an error: nothing to compare), `expired` (no response within the TTL), `overflow` (limits).
+DRIFT_PENDING_DISCARDED_TOTAL = "shepherd_drift_pending_discarded_total"
+DRIFT_PENDING_REASONS = ("error_response", "expired", "overflow")
 DRIFT_REFERENCES = ("training", "champion")
+
+# The local serving plane (serving/local_plane.py): its router and its payload logger. Its `/metrics` also
+# carries every running revision's series, each with a `revision` label added.
+PLANE_REQUESTS_TOTAL = "shepherd_plane_requests_total"  # {model, role, outcome}: requests the router answered
+PLANE_REVISION_UP = "shepherd_plane_revision_up"  # {revision}: 1 if the revision's /metrics answered this scrape
+# Payload-log CloudEvents the plane did not deliver, by `reason`: `queue_full` (dropped at once: logging
+# never slows a prediction) or `undelivered` (the logger URL refused or did not answer).
+PLANE_PAYLOAD_EVENTS_DROPPED_TOTAL = "shepherd_plane_payload_events_dropped_total"
+PLANE_PAYLOAD_EVENTS_DELIVERED_TOTAL = "shepherd_plane_payload_events_delivered_total"
+PLANE_PAYLOAD_DROP_REASONS = ("queue_full", "undelivered")
 
 # The rollout controller (serving/rollout): what each InferenceService's rollout is doing.
 ROLLOUT_CANARY_PERCENT = "shepherd_rollout_canary_percent"  # {model}

@@ -8,6 +8,7 @@ KServe's controller writes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -67,20 +68,30 @@ class ServingBackend(Protocol):
 class LocalBackend:
     """The local serving plane's admin API."""
 
-    def __init__(self, url: str, timeout: float = 180):
+    def __init__(self, url: str, timeout: float = 180, token: str | None = None):
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.token = token  # None: SHEPHERD_PLANE_TOKEN, or the one the plane keeps for its user
         self.drift_metrics_url = f"{self.url}/drift/metrics"  # the plane's drift service
 
     def _call(self, method: str, path: str, body: dict | None = None):
         import httpx
 
+        from serving.plane_auth import ENV_PLANE_TOKEN, token_for
+
+        token = self.token or token_for(self.url)  # read each time: a plane started later issues it then
+        headers = {"authorization": f"Bearer {token}"} if token else {}
         try:
-            response = httpx.request(method, f"{self.url}{path}", json=body, timeout=self.timeout)
+            response = httpx.request(method, f"{self.url}{path}", json=body, headers=headers, timeout=self.timeout)
         except httpx.TransportError as exc:
             raise ServingError(
                 f"the local serving plane at {self.url} is not answering ({exc})", hint="start it with `shepherd up`"
             ) from exc
+        if response.status_code == 401:
+            raise ServingError(
+                f"the local serving plane at {self.url} refused the change: {response.json().get('error')}",
+                hint=f"run as the user who started it, or set {ENV_PLANE_TOKEN} to its token",
+            )
         return response
 
     def apply(self, obj: dict) -> dict:
@@ -335,6 +346,8 @@ def stop_plane(home: Path) -> bool:
         return False
     os.kill(plane.pid, 15)
     for _ in range(100):
+        with contextlib.suppress(ChildProcessError):  # reap it if this process started it (no zombie)
+            os.waitpid(plane.pid, os.WNOHANG)
         try:
             os.kill(plane.pid, 0)
         except OSError:

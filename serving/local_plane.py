@@ -1,23 +1,55 @@
 """The local serving plane: KServe's InferenceService semantics on one machine.
 
 One process holds the applied InferenceService objects (persisted, so the plane survives a restart),
-runs one predictor process (`serving.predictor`, a real `kserve.ModelServer`) per revision, and
-routes `/v1/models/<name>:predict` and `/v2/models/<name>/infer` to the champion or the canary in the
-proportion the object sets (Standard `spec.canary[].trafficPercent` or Knative
-`spec.predictor.canaryTrafficPercent`). Status is reported in KServe's shape. When the object names a
-payload logger (`spec.predictor.logger.url`), each request and response is posted there as a CloudEvent
-in KServe's logger format.
+runs one predictor process (`serving.predictor`, a real `kserve.ModelServer`) per revision, and routes
+predictions to the champion or the canary in the proportion the object sets (Standard
+`spec.canary[].trafficPercent` or Knative `spec.predictor.canaryTrafficPercent`). Status is reported in
+KServe's shape. The plane forwards, the predictor answers: bodies, status codes and the binary tensor
+extension's headers (`inference-header-content-length`, `content-type`) pass through both ways, so any
+V1 or Open Inference Protocol (V2) client works against the plane as against one predictor.
+
+Inference (V1 and Open Inference Protocol):
+  POST /v1/models/<m>:predict  POST /v2/models/<m>/infer     split by the canary percentage
+  POST /v2/models/<m>/versions/<v>/infer                       the revision serving version <v>
+  GET  /v1/models/<m>  GET /v2/models/<m>  GET /v2/models/<m>/ready   forwarded to the champion
+  GET  /v2/models/<m>/versions/<v>[/ready]                     forwarded to the revision serving <v>
+  GET  /v1/models  GET /v2/models                              the deployed models
+  GET  /v2  GET /v2/health/live  GET /v2/health/ready          answered by the plane (ready: every
+                                                               revision of every deployment is ready)
+  An unknown model or version is a 404 in the error shape `{"error": "..."}`. The answering revision
+  is in the `x-shepherd-revision` and `x-shepherd-role` response headers.
+  A revision whose connection drops under a request (a keep-alive connection it closed) is asked once
+  more (inference is idempotent), then its successor if it was just replaced; only a revision that is
+  really gone answers 503, and only to the requests routed to it.
+
+Metrics: `GET /metrics` serves the plane's own series (`shepherd_plane_*`: requests by model, role and
+outcome; payload-log events delivered and dropped) and every running revision's, scraped at that moment,
+each labelled `revision` (`monitoring/metrics.py` names them). `GET /sd/predictors` lists the running
+revisions for Prometheus' HTTP service discovery.
+
+Payload logs: when the object names a logger (`spec.predictor.logger.url`), each prediction's request and
+response are logged as CloudEvents in KServe's logger format, every status included (the response carries
+it in `statuscode`). Logging never waits: events go to a bounded queue per logger URL (dropped and counted
+when full; `--payload-queue-size`) and one background task per URL delivers them, in batch mode to the
+plane's own drift service and in KServe's binary mode to any other URL (`serving/payload_logger.py`).
 
 Admin API (what the `local` ServingBackend and `shepherd status` use):
   PUT  /apis/serving.kserve.io/v1beta1/namespaces/<ns>/inferenceservices/<name>   apply an object
   GET  /apis/serving.kserve.io/v1beta1/namespaces/<ns>/inferenceservices/<name>   object + status
   GET  /apis/serving.kserve.io/v1beta1/inferenceservices                          every object
+  POST .../inferenceservices/<name>/events   GET .../events                     the object's history
   GET  /healthz
+Changes (PUT objects, POST events, POST /drift/) need `Authorization: Bearer <token>`: the plane issues
+it at start into a file only its user can read (`serving/plane_auth.py`), where that user's clients find
+it; anything else gets a 401. Predictions and reads need no token.
 
 The plane also runs the drift service (`monitoring.drift`) as a child process and serves it under
 `/drift/`: `POST /drift/` is the payload-logger URL the deploy step writes into objects it applies
-here, `GET /drift/metrics` its Prometheus metrics, `GET /drift/models/<name>[/report]` its results.
-`GET /sd/predictors` lists the running revisions for Prometheus' HTTP service discovery.
+here (KServe's binary mode is accepted there too), `GET /drift/metrics` its Prometheus metrics,
+`GET /drift/models/<name>[/report]` its results.
+
+Processes: the children (predictors, drift service) die with the plane (`serving/children.py`), and a
+replaced revision is stopped without blocking the event loop, so predictions flow during a promotion.
 """
 
 from __future__ import annotations
@@ -34,18 +66,30 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from urllib.parse import urlsplit
 
 # Module level: FastAPI resolves the handlers' (string) annotations in this module's globals.
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
+from serving import children
+from serving.payload_logger import DEFAULT_QUEUE_SIZE, ENV_QUEUE_SIZE, Body, PayloadLogger, inference_events
+from serving.plane_metrics import PlaneMetrics, exposition
+
 logger = logging.getLogger("shepherd.plane")
 
 API = "/apis/serving.kserve.io/v1beta1"
 READY_TIMEOUT_SECONDS = 120
+UPSTREAM_TIMEOUT_SECONDS = 30
 REPO_ROOT = Path(__file__).resolve().parent.parent
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# What passes between a client and a revision, besides the body (lower case).
+FORWARDED_REQUEST_HEADERS = ("content-type", "content-encoding", "inference-header-content-length", "x-request-id")
+FORWARDED_RESPONSE_HEADERS = ("content-type", "inference-header-content-length", "x-request-id")
 
 
 @dataclass
@@ -154,9 +198,8 @@ class Plane:
 
     async def start_drift_service(self, client) -> None:
         port = free_port()
-        log = open(self.dir / "logs" / "drift.log", "a")  # noqa: SIM115 (owned by the child)
         command = [sys.executable, "-m", "monitoring.drift", "--port", str(port), "--tracking-uri", self.tracking_uri]
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = children.spawn(command, self.dir / "logs" / "drift.log", REPO_ROOT)
         self.drift = Revision("drift", "", "", "drift", port, process)
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
@@ -167,6 +210,22 @@ class Plane:
                     return
             await asyncio.sleep(0.25)
         raise RuntimeError(f"the drift service did not answer within {READY_TIMEOUT_SECONDS} s")
+
+    def drift_batch_target(self, logger_url: str) -> Callable[[], str] | None:
+        """The plane's own drift service (`<plane>/drift/`, what the deploy step writes) gets its payload
+        logs in batch mode, straight from the plane; any other logger URL gets KServe's binary mode."""
+        url, own = urlsplit(logger_url), urlsplit(self.url)
+        if url.hostname in LOOPBACK and url.port == own.port and url.path.rstrip("/") == "/drift":
+            return lambda: f"{self.drift.url}/"
+        return None
+
+    def running_revisions(self) -> list[Revision]:
+        return [
+            r
+            for d in self.deployments.values()
+            for r in (d.champion, d.canary)
+            if r is not None and r.process is not None and r.process.poll() is None
+        ]
 
     # -- persistence --------------------------------------------------------------------------
     def _save(self) -> None:
@@ -188,16 +247,13 @@ class Plane:
     # -- revisions ----------------------------------------------------------------------------
     def _start(self, isvc: str, model_uri: str, version: str, role: str, env: dict[str, str]) -> Revision:
         revision = Revision(f"{isvc}-v{version}", model_uri, version, role, free_port(), env=env)
-        log = open(self.dir / "logs" / f"{revision.name}.log", "a")  # noqa: SIM115 (owned by the child)
         from serving.predictor import predictor_command
 
-        revision.process = subprocess.Popen(
+        revision.process = children.spawn(
             predictor_command(isvc, model_uri, self.tracking_uri, revision.port, role),
-            cwd=REPO_ROOT,
+            self.dir / "logs" / f"{revision.name}.log",
+            REPO_ROOT,
             env={**os.environ, **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
         )
         return revision
 
@@ -216,14 +272,10 @@ class Plane:
         raise RuntimeError(f"revision {revision.name} not ready after {READY_TIMEOUT_SECONDS} s")
 
     @staticmethod
-    def _stop(revision: Revision | None) -> None:
-        if revision is None or revision.process is None or revision.process.poll() is not None:
-            return
-        revision.process.terminate()
-        try:
-            revision.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            revision.process.kill()
+    async def _stop(revision: Revision | None) -> None:
+        """Stop a revision's process; the event loop keeps serving meanwhile."""
+        if revision is not None:
+            await children.stop(revision.process)
 
     async def apply(self, obj: dict, restoring: bool = False) -> Deployment:
         """Create or update a deployment, reusing revisions that serve the same model URI.
@@ -267,8 +319,6 @@ class Plane:
                     rev = self._start(meta["name"], uri, version, role, env)
                     await self._wait_ready(rev, client)
                 revisions[role] = rev
-            for leftover in running.values():
-                self._stop(leftover)
             deployment = Deployment(
                 obj, revisions["champion"], revisions.get("canary"), percent, current.events if current else []
             )
@@ -282,13 +332,14 @@ class Plane:
             )
             self.deployments[key] = deployment
             self._save()
+            # Only now that requests go to the new revisions: a request still on an old one completes
+            # (SIGTERM is a graceful stop) or is retried on its successor.
+            await asyncio.gather(*(self._stop(leftover) for leftover in running.values()))
         return deployment
 
-    def shutdown(self) -> None:
-        self._stop(self.drift)
-        for deployment in self.deployments.values():
-            self._stop(deployment.champion)
-            self._stop(deployment.canary)
+    async def shutdown(self) -> None:
+        revisions = [r for d in self.deployments.values() for r in (d.champion, d.canary)]
+        await asyncio.gather(*(self._stop(r) for r in (self.drift, *revisions)))
 
     # -- status -------------------------------------------------------------------------------
     def with_status(self, deployment: Deployment) -> dict:
@@ -342,12 +393,70 @@ class Plane:
         return obj
 
 
-def create_app(plane: Plane):
-    """The FastAPI app: router for predictions, admin API for objects."""
+async def send_upstream(client, method: str, url: str, body: bytes, headers: dict[str, str]):
+    """One request to a revision. A connection that drops under it (a keep-alive connection the revision
+    closed, a revision restarting) is retried once: inference is idempotent, and the client did nothing
+    wrong. A timeout is not retried: the revision is there but slow."""
     import httpx
 
-    client = httpx.AsyncClient(timeout=30)
-    payload_tasks: set[asyncio.Task] = set()
+    try:
+        return await client.request(method, url, content=body, headers=headers)
+    except (httpx.NetworkError, httpx.RemoteProtocolError):
+        return await client.request(method, url, content=body, headers=headers)
+
+
+def upstream_headers(request_headers, infer_v2: bool) -> dict[str, str]:
+    """The client's headers a revision gets. An Open Inference Protocol body without the binary tensor
+    extension's `inference-header-content-length` is JSON whatever its content type says; clients such
+    as tritonclient send none, and the predictor's FastAPI reads a body without one as bytes."""
+    headers = {k: v for k, v in request_headers.items() if k in FORWARDED_REQUEST_HEADERS}
+    if infer_v2 and "content-type" not in headers and "inference-header-content-length" not in headers:
+        headers["content-type"] = "application/json"
+    return headers
+
+
+def _error(message: str, status: int) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _server_version() -> str:
+    """Shepherd's version: the installed package's, or a checkout's pyproject.toml."""
+    try:
+        return version("shepherd")
+    except PackageNotFoundError:
+        import tomllib
+
+        with contextlib.suppress(OSError, KeyError, ValueError):
+            return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
+        return "unknown"
+
+
+def create_app(plane: Plane, payload_queue_size: int = DEFAULT_QUEUE_SIZE, token: str | None = None):
+    """The FastAPI app: router for predictions (V1 and Open Inference Protocol), admin API for objects.
+    Changes (applying objects, recording events, posting payload logs) need the plane's bearer token
+    (`serving.plane_auth`); predictions and reads do not."""
+    import httpx
+
+    from serving.plane_auth import ENV_PLANE_TOKEN, authorized, issue_token, token_file
+
+    token = token or issue_token(plane.url)
+
+    def _refused(request: Request) -> JSONResponse | None:
+        """None when the request carries the token; else the 401 that says where the token is."""
+        if authorized(request.headers.get("authorization"), token):
+            return None
+        return JSONResponse(
+            {
+                "error": "authorization: changing what this plane serves needs its bearer token "
+                f"(kept in {token_file(plane.url)} for the user who started it; others: {ENV_PLANE_TOKEN})"
+            },
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+    client = httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT_SECONDS)
+    metrics = PlaneMetrics.create()
+    payload_logger = PayloadLogger(metrics.registry, payload_queue_size, plane.drift_batch_target)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -355,7 +464,8 @@ def create_app(plane: Plane):
         await plane.restore()  # objects applied before a restart are served again
         yield
         # Here, not after uvicorn.run(): uvicorn re-raises SIGTERM once it has shut down.
-        plane.shutdown()
+        await payload_logger.close()
+        await plane.shutdown()
         await client.aclose()
 
     app = FastAPI(title="Shepherd local serving plane", lifespan=lifespan)
@@ -363,65 +473,189 @@ def create_app(plane: Plane):
     def _find(name: str) -> Deployment | None:
         return next((d for d in plane.deployments.values() if d.obj["metadata"]["name"] == name), None)
 
-    async def _route(name: str, path: str, request: Request) -> Response:
+    def _not_deployed(name: str) -> JSONResponse:
+        return _error(f"model {name!r} is not deployed on this plane", 404)
+
+    def _pinned(deployment: Deployment, version: str) -> Revision | None:
+        return next((r for r in (deployment.champion, deployment.canary) if r and r.version == version), None)
+
+    async def _forward(revision: Revision, path: str, request: Request, body: bytes, headers: dict, successor):
+        """(revision that answered, upstream response) or (revision, error response): retried once on
+        the same revision, then on `successor()` if the revision was replaced meanwhile."""
+        try:
+            return revision, await send_upstream(client, request.method, f"{revision.url}{path}", body, headers)
+        except httpx.TimeoutException:
+            return revision, _error(f"revision {revision.name} did not answer in {UPSTREAM_TIMEOUT_SECONDS} s", 504)
+        except httpx.TransportError as exc:
+            failure = exc
+        replacement = successor()
+        if replacement is not None and replacement.url != revision.url:
+            revision = replacement
+            try:
+                return revision, await send_upstream(client, request.method, f"{revision.url}{path}", body, headers)
+            except httpx.TransportError as exc:
+                failure = exc
+        return revision, _error(f"revision {revision.name} is unavailable ({type(failure).__name__}); try again", 503)
+
+    async def _proxy(name: str, path: str, request: Request, version: str | None = None) -> Response:
+        """Forward to the champion, the canary by the split (predictions) or the revision serving `version`."""
         deployment = _find(name)
         if deployment is None:
-            return JSONResponse({"error": f"model {name!r} is not deployed on this plane"}, status_code=404)
-        use_canary = deployment.canary is not None and random.random() * 100 < deployment.canary_percent
-        revision = deployment.canary if use_canary else deployment.champion
-        body = await request.body()
-        headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "x-request-id")}
-        try:
-            upstream = await client.post(f"{revision.url}{path}", content=body, headers=headers)
-        except httpx.TransportError as exc:
-            # The revision went away under this request (replaced by a newer one): ask its successor once.
-            current = _find(name)
-            successor = None if current is None else (current.canary if use_canary else current.champion)
-            if successor is None or successor.url == revision.url:
-                return JSONResponse(
-                    {"error": f"revision {revision.name} is unavailable ({type(exc).__name__}); try again"},
-                    status_code=503,
-                )
-            revision = successor
-            upstream = await client.post(f"{revision.url}{path}", content=body, headers=headers)
-        logger_spec = deployment.obj["spec"]["predictor"].get("logger")
-        if logger_spec and logger_spec.get("url"):
-            # Fire and forget, but keep a reference: the event loop holds tasks only weakly.
-            task = asyncio.create_task(_log_payload(client, logger_spec, deployment, revision, body, upstream))
-            payload_tasks.add(task)
-            task.add_done_callback(payload_tasks.discard)
-        return Response(
-            upstream.content,
-            status_code=upstream.status_code,
-            media_type=upstream.headers.get("content-type"),
-            headers={"x-shepherd-revision": revision.name, "x-shepherd-role": revision.role},
-        )
+            return _not_deployed(name)
+        predicting = request.method == "POST"
+        if version is not None:
+            revision = _pinned(deployment, version)
+            if revision is None:
+                serving = ", ".join(r.version for r in (deployment.champion, deployment.canary) if r)
+                return _error(f"model {name!r} has no version {version!r} on this plane (serving: {serving})", 404)
+        elif predicting and deployment.canary is not None and random.random() * 100 < deployment.canary_percent:
+            revision = deployment.canary
+        else:
+            revision = deployment.champion
+        role = revision.role
+        body = await request.body() if predicting else b""
+        headers = upstream_headers(request.headers, infer_v2=predicting and path.startswith("/v2/"))
 
+        def successor() -> Revision | None:
+            current = _find(name)
+            if current is None:
+                return None
+            return _pinned(current, version) if version is not None else getattr(current, role)
+
+        revision, upstream = await _forward(revision, path, request, body, headers, successor)
+        if isinstance(upstream, Response):  # the plane's own answer: no revision answered
+            status, content, answer = upstream.status_code, upstream.body, {"content-type": "application/json"}
+        else:
+            status, content = upstream.status_code, upstream.content
+            answer = {k: v for k, v in upstream.headers.items() if k in FORWARDED_RESPONSE_HEADERS}
+        if predicting:
+            metrics.count(name, role, status)
+            _log_payload(deployment, revision, body, headers, status, content, answer)
+        answer.update({"x-shepherd-revision": revision.name, "x-shepherd-role": revision.role})
+        return Response(content, status_code=status, headers=answer)
+
+    def _log_payload(deployment, revision, body, request_headers, status, content, response_headers) -> None:
+        logger_spec = deployment.obj["spec"]["predictor"].get("logger")
+        if not logger_spec or not logger_spec.get("url"):
+            return
+        meta = deployment.obj["metadata"]
+        events = inference_events(
+            logger_spec.get("mode", "all"),
+            event_id=str(uuid.uuid4()),
+            source=f"http://localhost/{revision.name}",
+            inference_service=meta["name"],
+            namespace=meta.get("namespace", "default"),
+            endpoint="canary" if revision.role == "canary" else "default",
+            model_id=revision.version,
+            request=Body(
+                body, request_headers.get("content-type"), request_headers.get("inference-header-content-length")
+            ),
+            response=Body(
+                content, response_headers.get("content-type"), response_headers.get("inference-header-content-length")
+            ),
+            status=status,
+        )
+        payload_logger.submit(logger_spec["url"], events)  # never waits
+
+    # -- inference: V1 ------------------------------------------------------------------------------
     @app.post("/v1/models/{name}:predict")
     async def predict_v1(name: str, request: Request) -> Response:
-        return await _route(name, f"/v1/models/{name}:predict", request)
+        return await _proxy(name, f"/v1/models/{name}:predict", request)
 
+    @app.get("/v1/models")
+    async def list_models_v1() -> Response:
+        return JSONResponse({"models": sorted(d.obj["metadata"]["name"] for d in plane.deployments.values())})
+
+    @app.get("/v1/models/{name}")
+    async def model_ready_v1(name: str, request: Request) -> Response:
+        return await _proxy(name, f"/v1/models/{name}", request)
+
+    # -- inference: Open Inference Protocol (V2) ----------------------------------------------------
     @app.post("/v2/models/{name}/infer")
     async def infer_v2(name: str, request: Request) -> Response:
-        return await _route(name, f"/v2/models/{name}/infer", request)
+        return await _proxy(name, f"/v2/models/{name}/infer", request)
+
+    @app.post("/v2/models/{name}/versions/{version}/infer")
+    async def infer_v2_version(name: str, version: str, request: Request) -> Response:
+        return await _proxy(name, f"/v2/models/{name}/infer", request, version)
+
+    @app.get("/v2")
+    async def server_metadata() -> Response:
+        return JSONResponse({"name": "shepherd-local-plane", "version": _server_version(), "extensions": []})
+
+    @app.get("/v2/health/live")
+    async def server_live() -> Response:
+        return JSONResponse({"live": True})
+
+    @app.get("/v2/health/ready")
+    async def server_ready() -> Response:
+        revisions = [r for d in plane.deployments.values() for r in (d.champion, d.canary) if r is not None]
+
+        async def ready(revision: Revision) -> bool:
+            if revision.process is None or revision.process.poll() is not None:
+                return False
+            try:
+                return (await client.get(f"{revision.url}/v2/health/ready", timeout=2)).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        answers = await asyncio.gather(*(ready(r) for r in revisions))
+        not_ready = [r.name for r, ok in zip(revisions, answers, strict=True) if not ok]
+        if not_ready:
+            return _error(f"revisions not ready: {', '.join(not_ready)}", 503)
+        return JSONResponse({"ready": True})
+
+    @app.get("/v2/models")
+    async def list_models_v2() -> Response:
+        return await list_models_v1()
+
+    @app.get("/v2/models/{name}")
+    async def model_metadata(name: str, request: Request) -> Response:
+        return await _proxy(name, f"/v2/models/{name}", request)
+
+    @app.get("/v2/models/{name}/ready")
+    async def model_ready(name: str, request: Request) -> Response:
+        return await _proxy(name, f"/v2/models/{name}/ready", request)
+
+    @app.get("/v2/models/{name}/versions/{version}")
+    async def model_version_metadata(name: str, version: str, request: Request) -> Response:
+        return await _proxy(name, f"/v2/models/{name}", request, version)
+
+    @app.get("/v2/models/{name}/versions/{version}/ready")
+    async def model_version_ready(name: str, version: str, request: Request) -> Response:
+        return await _proxy(name, f"/v2/models/{name}/ready", request, version)
+
+    @app.get("/metrics")
+    async def plane_metrics() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        targets = {r.name: r.url for r in plane.running_revisions()}
+        return Response(await exposition(metrics, client, targets), media_type=CONTENT_TYPE_LATEST)
 
     @app.api_route("/drift/{path:path}", methods=["GET", "POST"])
     async def drift(path: str, request: Request) -> Response:
+        if request.method == "POST" and (refused := _refused(request)) is not None:
+            return refused  # forged payload logs would move the drift gates
         headers = {
             k: v for k, v in request.headers.items() if k.lower().startswith("ce-") or k.lower() == "content-type"
         }
-        upstream = await client.request(
-            request.method,
-            f"{plane.drift.url}/{path}",
-            content=await request.body(),
-            headers=headers,
-            params=request.query_params,
-            timeout=120,
-        )
+        try:
+            upstream = await client.request(
+                request.method,
+                f"{plane.drift.url}/{path}",
+                content=await request.body(),
+                headers=headers,
+                params=request.query_params,
+                timeout=120,
+            )
+        except httpx.TransportError as exc:
+            return _error(f"the drift service is unavailable ({type(exc).__name__})", 503)
         return Response(upstream.content, upstream.status_code, media_type=upstream.headers.get("content-type"))
 
     @app.put(API + "/namespaces/{namespace}/inferenceservices/{name}")
     async def apply(namespace: str, name: str, request: Request) -> Response:
+        if (refused := _refused(request)) is not None:
+            return refused
         try:
             obj = await request.json()
             if obj.get("kind") != "InferenceService":
@@ -442,6 +676,8 @@ def create_app(plane: Plane):
 
     @app.post(API + "/namespaces/{namespace}/inferenceservices/{name}/events")
     async def record_event(namespace: str, name: str, request: Request) -> Response:
+        if (refused := _refused(request)) is not None:
+            return refused
         try:
             event = await request.json()
             missing = [f for f in ("reason", "message", "type") if not isinstance(event.get(f), str)]
@@ -497,36 +733,6 @@ def create_app(plane: Plane):
     return app
 
 
-async def _log_payload(
-    client, logger_spec: dict, deployment: Deployment, revision: Revision, request_body: bytes, upstream
-) -> None:
-    """Post the request and/or response as CloudEvents, as KServe's payload logger does."""
-    mode = logger_spec.get("mode", "all")
-    meta = deployment.obj["metadata"]
-    event_id = str(uuid.uuid4())
-    base = {
-        "ce-specversion": "1.0",
-        "ce-id": event_id,
-        "ce-source": f"http://localhost/{revision.name}",
-        "ce-inferenceservicename": meta["name"],
-        "ce-namespace": meta.get("namespace", "default"),
-        "ce-component": "predictor",
-        "ce-endpoint": "canary" if revision.role == "canary" else "default",
-        "ce-modelid": revision.version,
-        "content-type": "application/json",
-    }
-    events = []
-    if mode in ("all", "request"):
-        events.append(({**base, "ce-type": "org.kubeflow.serving.inference.request"}, request_body))
-    if mode in ("all", "response") and upstream.status_code == 200:
-        events.append(({**base, "ce-type": "org.kubeflow.serving.inference.response"}, upstream.content))
-    for headers, body in events:
-        try:
-            await client.post(logger_spec["url"], content=body, headers=headers, timeout=5)
-        except Exception as exc:  # the logger is best effort: it must never fail a prediction
-            logger.warning("payload logger %s: %r", logger_spec["url"], exc)
-
-
 def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
@@ -534,16 +740,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", type=Path, required=True)
     parser.add_argument("--tracking-uri", required=True)
     parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument(
+        "--payload-queue-size",
+        type=int,
+        default=int(os.environ.get(ENV_QUEUE_SIZE) or DEFAULT_QUEUE_SIZE),
+        help=f"payload-log events waiting per logger URL; more are dropped and counted [env: {ENV_QUEUE_SIZE}]",
+    )
     args = parser.parse_args(argv)
+    if args.payload_queue_size < 1:
+        parser.error(f"--payload-queue-size must be at least 1, got {args.payload_queue_size}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied request is noise
     plane = Plane(args.home.resolve(), args.tracking_uri, f"http://127.0.0.1:{args.port}")
-    app = create_app(plane)
+    app = create_app(plane, args.payload_queue_size)
     # uvicorn turns SIGTERM/SIGINT into a graceful exit; the predictors are stopped after it.
     try:
         uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
     finally:
-        plane.shutdown()
+        asyncio.run(plane.shutdown())  # a no-op if the lifespan already stopped them
     return 0
 
 

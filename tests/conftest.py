@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+# The planes the tests start keep their admin tokens here, not in the user's ~/.config/shepherd
+# (serving/plane_auth.py); every process the tests start inherits it.
+os.environ.setdefault("SHEPHERD_CONFIG_DIR", tempfile.mkdtemp(prefix="shepherd-config-"))
 
 REPO = Path(__file__).resolve().parent.parent
 CHURN_SPEC = REPO / "specs" / "churn.yaml"

@@ -1,10 +1,13 @@
 """The drift service on real payload-log CloudEvents, a real MLflow registry and Evidently: the same
 population shows no drift, a shifted one does (and says which columns), a canary whose predictions
-moved is caught against the champion, and malformed events are 400s naming what is wrong."""
+moved is caught against the champion, and malformed events are 400s naming what is wrong. Events come
+in KServe's binary mode, one structured event or the plane's batches; a request answered with an error
+or never answered leaves nothing behind."""
 
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import numpy as np
@@ -12,8 +15,21 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from monitoring.drift import REQUEST_EVENT, RESPONSE_EVENT, DriftService, ReferenceStore, create_app
-from monitoring.metrics import DRIFT_EVENTS_TOTAL, DRIFT_FEATURE_SCORE, DRIFT_SHARE
+from monitoring.drift import DriftService, ReferenceStore, create_app
+from monitoring.metrics import (
+    DRIFT_EVENTS_TOTAL,
+    DRIFT_FEATURE_SCORE,
+    DRIFT_PENDING_DISCARDED_TOTAL,
+    DRIFT_PENDING_REQUESTS,
+    DRIFT_SHARE,
+)
+from monitoring.payload_log import (
+    BATCH_CONTENT_TYPE,
+    HEADER_LENGTH_ATTRIBUTE,
+    REQUEST_EVENT,
+    RESPONSE_EVENT,
+    STRUCTURED_CONTENT_TYPE,
+)
 from serving.predictor import load_version
 from serving.traffic import instances
 
@@ -167,3 +183,139 @@ def test_a_new_version_in_a_role_starts_a_new_window_and_drops_old_series(servic
     )
     assert drift.windows[("churn", "champion")].version == "7" and not drift.windows[("churn", "champion")].rows
     assert gauge(drift, DRIFT_SHARE, **labels) is None
+
+
+def _structured(kind: str, event_id: str, data: dict, status: int | None = None, role="champion", version="1") -> dict:
+    """One event in the JSON event format, as the local plane batches them."""
+    event = {
+        **{k.removeprefix("ce-"): v for k, v in _headers(kind, event_id, role, version).items() if k.startswith("ce-")},
+        "datacontenttype": "application/json",
+        "data": data,
+    }
+    if status is not None:
+        event["statuscode"] = status
+    return event
+
+
+def _batch(client, events: list) -> dict:
+    response = client.post("/", content=json.dumps(events), headers={"content-type": BATCH_CONTENT_TYPE})
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def pending(client) -> dict:
+    return client.get("/models/churn").json()["pending"]
+
+
+def test_batch_structured_and_binary_modes_are_all_ingested(service, traffic):
+    drift, client = service
+    rows, scores = traffic["same"]
+    log(client, rows[:20], scores[:20])  # binary mode, as KServe's logger sends
+    events = []
+    for i in range(20, 40):
+        prediction = {"predictions": [{"label": "x", "probability": float(scores[i])}]}
+        events += [
+            _structured(REQUEST_EVENT, f"b{i}", {"instances": [rows[i]]}),
+            _structured(RESPONSE_EVENT, f"b{i}", prediction, 200),
+        ]
+    assert _batch(client, events) == {"events": 40, "rows": 20, "invalid": []}
+    one = _structured(REQUEST_EVENT, "s1", {"instances": rows[40:45]})
+    answered = _structured(RESPONSE_EVENT, "s1", {"predictions": [float(p) for p in scores[40:45]]})
+    for event in (one, answered):
+        response = client.post("/", content=json.dumps(event), headers={"content-type": STRUCTURED_CONTENT_TYPE})
+        assert response.status_code == 202, response.text
+    assert len(drift.windows[("churn", "champion")].rows) == 45
+    assert pending(client) == {"champion": 0}
+
+
+def test_a_bad_event_in_a_batch_is_named_by_index_and_keeps_nothing_else_out(service, traffic):
+    drift, client = service
+    rows, scores = traffic["same"]
+    events = [
+        _structured(REQUEST_EVENT, "a", {"instances": rows[:1]}),
+        {**_structured(REQUEST_EVENT, "b", {"instances": rows[:1]}), "type": "com.example.other"},
+        "not an event",
+        _structured(RESPONSE_EVENT, "a", {"predictions": [float(scores[0])]}),
+    ]
+    answer = _batch(client, events)
+    assert answer["rows"] == 1 and [i["index"] for i in answer["invalid"]] == [1, 2]
+    assert "events[1].type" in answer["invalid"][0]["error"]
+    assert gauge(drift, DRIFT_EVENTS_TOTAL, outcome="invalid") == 2.0
+    not_a_batch = client.post("/", content=b'{"type": "x"}', headers={"content-type": BATCH_CONTENT_TYPE})
+    assert not_a_batch.status_code == 400 and "JSON array" in not_a_batch.json()["error"]
+
+
+@pytest.mark.parametrize("mode", ["binary", "batch"])
+def test_a_request_answered_with_an_error_is_dropped_at_once(service, traffic, mode):
+    drift, client = service
+    rows, _ = traffic["same"]
+    error = {"error": "instances[0].tenure: expected a number"}
+    for i in range(10):
+        request = {"instances": rows[:1000]}  # big rejected requests used to stay in memory
+        if mode == "batch":
+            _batch(
+                client, [_structured(REQUEST_EVENT, f"e{i}", request), _structured(RESPONSE_EVENT, f"e{i}", error, 400)]
+            )
+        else:
+            client.post("/", content=json.dumps(request), headers=_headers(REQUEST_EVENT, f"e{i}", "champion", "1"))
+            assert pending(client) == {"champion": 1}
+            headers = {**_headers(RESPONSE_EVENT, f"e{i}", "champion", "1"), "ce-statuscode": "400"}
+            assert client.post("/", content=json.dumps(error), headers=headers).status_code == 202
+    assert pending(client) == {"champion": 0}
+    assert gauge(drift, DRIFT_PENDING_REQUESTS) == 0.0
+    assert gauge(drift, DRIFT_PENDING_DISCARDED_TOTAL, reason="error_response") == 10.0
+    assert not drift.windows[("churn", "champion")].rows  # an error is not a prediction
+
+
+def test_a_request_whose_response_never_comes_expires_after_the_ttl(registered_churn, traffic):
+    """KServe's own logger sends no response event for an error: the request must not stay forever,
+    even when no further event arrives to trigger a clean-up."""
+    drift = DriftService(ReferenceStore(registered_churn["tracking_uri"]), CollectorRegistry(), 400, 200, 0.5)
+    rows, _ = traffic["same"]
+    with TestClient(create_app(drift, compute_interval=3600)) as client:
+        for i in range(3):
+            body = json.dumps({"instances": rows[:50]})
+            client.post("/", content=body, headers=_headers(REQUEST_EVENT, f"lost{i}", "champion", "1"))
+        assert pending(client) == {"champion": 3}
+        deadline = time.monotonic() + 5
+        while pending(client) != {"champion": 0}:
+            assert time.monotonic() < deadline, f"still pending after 5 s with a 0.5 s TTL: {pending(client)}"
+            time.sleep(0.1)
+        assert gauge(drift, DRIFT_PENDING_DISCARDED_TOTAL, reason="expired") == 3.0
+        metrics = client.get("/metrics").text
+        assert f"{DRIFT_PENDING_REQUESTS} 0.0" in metrics
+
+
+def test_binary_tensor_bodies_are_decoded_with_kserves_parser(service, traffic, churn_spec):
+    """A request in the binary tensor extension (what tritonclient sends by default) and a binary
+    response, as the plane logs them: data_base64 plus the JSON header's length."""
+    import base64
+
+    import tritonclient.http as triton
+    from kserve.protocol.infer_type import InferOutput, InferResponse
+
+    drift, client = service
+    rows, scores = traffic["same"]
+    tensors = []
+    for f in churn_spec.features:
+        values = [[r[f.name]] for r in rows[:3]]
+        datatype = "BYTES" if f.type == "category" else "FP64"
+        array = np.array(values, dtype=object if datatype == "BYTES" else np.float64)
+        tensor = triton.InferInput(f.name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(array, binary_data=True)
+        tensors.append(tensor)
+    body, json_length = triton.InferenceServerClient.generate_request_body(tensors)
+    output = InferOutput("probability", [3], "FP32")
+    output.set_data_from_numpy(np.asarray(scores[:3], dtype=np.float32), binary_data=True)
+    answer, answer_length = InferResponse("r", "churn", [output], use_binary_outputs=True).to_rest()
+
+    def binary_event(kind: str, data: bytes, length: int) -> dict:
+        event = _structured(kind, "t1", {}, 200 if kind == RESPONSE_EVENT else None)
+        del event["data"]
+        return {**event, "data_base64": base64.b64encode(data).decode(), HEADER_LENGTH_ATTRIBUTE: str(length)}
+
+    events = [binary_event(REQUEST_EVENT, body, json_length), binary_event(RESPONSE_EVENT, answer, answer_length)]
+    assert _batch(client, events) == {"events": 2, "rows": 3, "invalid": []}
+    window = drift.windows[("churn", "champion")].frame()
+    assert list(window["contract"]) == [r["contract"] for r in rows[:3]]
+    np.testing.assert_allclose(window["prediction"], np.asarray(scores[:3], dtype=np.float32))

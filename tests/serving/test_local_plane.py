@@ -1,5 +1,6 @@
 """The local serving plane as a real process: KServe-shaped status (checked against the CRD schema),
-the router's observed canary split, payload logs as CloudEvents, and state kept across a restart."""
+the router's observed canary split, payload logs as KServe's binary-mode CloudEvents (every response,
+with its status), and state kept across a restart."""
 
 from __future__ import annotations
 
@@ -9,17 +10,16 @@ import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import ClassVar
 
+import httpx
 import pytest
-import yaml
 from scipy.stats import binomtest
 
-from components.spec import parse_spec
-from pipelines.direct import train_and_register
-from serving.backends import ConflictError, LocalBackend, ServingError, start_plane, stop_plane
+from serving.backends import ConflictError, LocalBackend, ServingError, start_plane
 from serving.inference_service import build_inference_service
 from serving.local_plane import free_port
 from serving.traffic import instances, send
 from tests.support.crds import validate_inference_service
+from tests.support.plane_processes import stop_and_reap
 
 # A split is wrong if a two-sided binomial test rejects the configured share at this level.
 SIGNIFICANCE = 1e-4
@@ -47,23 +47,12 @@ def collector():
 
 
 @pytest.fixture(scope="module")
-def two_versions(registered_churn, churn_spec, churn_frame):
-    """Version 1 (@champion, from the session registry) and a challenger version 2."""
-    uri, home = registered_churn["tracking_uri"], registered_churn["home"]
-    data = yaml.safe_load(churn_spec.to_yaml())
-    data["training"]["params"]["C"] = 0.5
-    registered = train_and_register(parse_spec(yaml.safe_dump(data)), churn_frame, uri, home, "challenger")
-    assert (registered.version, registered.alias) == ("2", "challenger")
-    return uri
-
-
-@pytest.fixture(scope="module")
 def plane(two_versions, tmp_path_factory):
     home = tmp_path_factory.mktemp("plane-home")
     port = free_port()
     started = start_plane(home, two_versions, port)
     yield {"home": home, "url": started.url, "tracking_uri": two_versions, "port": port}
-    stop_plane(home)
+    stop_and_reap(home)
 
 
 def _observed_canary_share(plane, churn_spec, rows, n):
@@ -114,6 +103,19 @@ def test_payload_logs_arrive_as_kserve_cloudevents(plane, churn_spec, rows, coll
     assert headers["ce-inferenceservicename"] == "churn" and headers["ce-namespace"] == "models"
     assert headers["ce-endpoint"] in ("default", "canary") and headers["ce-specversion"] == "1.0"
     assert set(body["instances"][0]) == set(churn_spec.feature_names)
+    responses = [h for h, _ in _Collector.received if h["ce-type"].endswith("response")]
+    assert {h["ce-statuscode"] for h in responses} == {"200"}
+    assert {h["ce-id"] for h in responses} == {h["ce-id"] for h, _ in _Collector.received}  # paired by id
+
+    _Collector.received.clear()  # a rejected request is logged with its status too, one event per POST
+    rejected = httpx.post(f"{plane['url']}/v1/models/churn:predict", json={"instances": [{"tenure": "x"}]})
+    assert rejected.status_code == 400
+    deadline = time.monotonic() + 10
+    while len(_Collector.received) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    (request, _), (response, error) = sorted(_Collector.received, key=lambda e: e[0]["ce-type"])
+    assert response["ce-type"].endswith("response") and response["ce-statuscode"] == "400"
+    assert request["ce-id"] == response["ce-id"] and "error" in error
 
 
 def test_bad_objects_are_refused_with_the_reason(plane, churn_spec):
@@ -155,7 +157,7 @@ def test_a_write_from_a_stale_read_is_refused_and_changes_nothing(plane):
 
 def test_state_survives_a_restart_of_the_plane(plane, churn_spec, rows):
     before = LocalBackend(plane["url"]).get("models", "churn")
-    stop_plane(plane["home"])
+    stop_and_reap(plane["home"])
     restarted = start_plane(plane["home"], plane["tracking_uri"], plane["port"])
     after = LocalBackend(restarted.url).get("models", "churn")
     assert after["spec"] == before["spec"]

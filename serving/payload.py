@@ -3,7 +3,10 @@ mistake a client can make.
 
 V1 (`/v1/models/<name>:predict`): `{"instances": [{"<feature>": value, ...}, ...]}`, one object per row.
 V2 (Open Inference Protocol, `/v2/models/<name>/infer`): one input tensor per feature, shape `[n]` or
-`[n, 1]`, datatype BYTES for categories and FP32/FP64/INT* for numbers.
+`[n, 1]` (data flat, or one-element rows `[[v], [v], ...]` for `[n, 1]`), datatype BYTES for categories
+and FP32/FP64/INT* for numbers.
+Numbers must be finite and within float32's range (the model computes in float32). Every error message
+starts with the field it is about: `body`, `id`, `instances[<row>].<feature>`, `inputs[<feature>]...`.
 A row carrying only the entity key (e.g. `{"customer_id": 42}`) is enriched from the Feast online store
 when the predictor has one.
 """
@@ -11,6 +14,7 @@ when the predictor has one.
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from operator import itemgetter
@@ -21,6 +25,7 @@ from components.spec import ModelSpec
 from components.train import MISSING_CATEGORY
 
 MAX_BATCH = 10_000
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # larger magnitudes become infinity in the model's float32 input
 NUMBER_TYPES = frozenset({int, float})
 NUMERIC_V2_TYPES = frozenset(
     {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
@@ -68,22 +73,22 @@ class PayloadParser:
     def from_v1(self, body: object) -> dict[str, list]:
         """`{"instances": [...]}` -> columns (feature name -> list of raw values, validated)."""
         if not isinstance(body, dict):
-            raise PayloadError('body: expected a JSON object like {"instances": [{...}, ...]}')
+            raise PayloadError(f'body: expected a JSON object like {{"instances": [{{...}}, ...]}}, got {_kind(body)}')
         if "instances" not in body:
             keys = sorted(body)[:5]
             raise PayloadError(f"instances: required field missing (body has {keys}); V2 requests go to /v2/.../infer")
         rows = body["instances"]
         if not isinstance(rows, list):
-            raise PayloadError(f"instances: expected a list of objects, got {type(rows).__name__}")
+            raise PayloadError(f"instances: expected a list of objects, got {_kind(rows)}")
         self._check_batch_size(len(rows), "instances")
         rows = self._enrich(rows)
         for i, row in enumerate(rows):
             if not isinstance(row, dict):
-                raise PayloadError(f"instances[{i}]: expected an object of feature values, got {type(row).__name__}")
+                raise PayloadError(f"instances[{i}]: expected an object of feature values, got {_kind(row)}")
             if row.keys() != self.allowed:  # the common case costs one comparison per row
                 extra = sorted(set(row) - self.allowed - {self.entity_key})
                 if extra:
-                    raise PayloadError(f"instances[{i}].{extra[0]}: unknown field; expected the model's features")
+                    raise PayloadError(f"instances[{i}].{_key(extra[0])}: unknown field; expected the model's features")
                 missing = next((n for n in self.names if n not in row), None)
                 if missing is not None:
                     raise PayloadError(f"instances[{i}].{missing}: required field missing")
@@ -95,17 +100,23 @@ class PayloadParser:
         }
 
     # -- V2 ---------------------------------------------------------------------------------------
-    def from_v2(self, inputs: list) -> dict[str, list]:
-        """OIP input tensors (objects with name, shape, datatype, data) -> validated columns."""
+    def from_v2(self, inputs: list, request_id: object = None) -> dict[str, list]:
+        """OIP input tensors (objects with name, shape, datatype, data) -> validated columns.
+
+        The tensors' fields are checked here too: KServe validates JSON requests against the OIP
+        schema, but not the JSON header of a binary-extension request."""
+        if request_id is not None and not (isinstance(request_id, str) and _is_utf8(request_id)):
+            raise PayloadError(f"id: expected Unicode text, got {_kind(request_id)} {_show(request_id)}")
         if not inputs:
             raise PayloadError("inputs: empty; expected one tensor per feature")
         by_name = {}
         for i, tensor in enumerate(inputs):
-            if tensor.name not in self.allowed:
-                raise PayloadError(f"inputs[{i}].name: unknown input {tensor.name!r}; expected the model's features")
-            if tensor.name in by_name:
-                raise PayloadError(f"inputs[{i}].name: input {tensor.name!r} given twice")
-            by_name[tensor.name] = tensor
+            name = tensor.name
+            if not isinstance(name, str) or name not in self.allowed:
+                raise PayloadError(f"inputs[{i}].name: unknown input {_show(name)}; expected the model's features")
+            if name in by_name:
+                raise PayloadError(f"inputs[{i}].name: input {_show(name)} given twice")
+            by_name[name] = tensor
         missing = [n for n in self.names if n not in by_name]
         if missing:
             raise PayloadError(
@@ -117,26 +128,49 @@ class PayloadParser:
         for rule in self.rules:
             tensor = by_name[rule.name]
             where = f"inputs[{rule.name}]"
-            if rule.numeric and tensor.datatype not in NUMERIC_V2_TYPES:
+            datatype = tensor.datatype
+            if rule.numeric and datatype not in NUMERIC_V2_TYPES:  # KServe made it an upper-case str
                 raise PayloadError(
-                    f"{where}.datatype: expected a numeric datatype (FP32, FP64, INT64, ...), got {tensor.datatype}"
+                    f"{where}.datatype: expected a numeric datatype (FP32, FP64, INT64, ...), got {_show(datatype)}"
                 )
-            if not rule.numeric and tensor.datatype != "BYTES":
-                raise PayloadError(f"{where}.datatype: expected BYTES for a category, got {tensor.datatype}")
-            shape = list(tensor.shape)
-            if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
-                raise PayloadError(f"{where}.shape: expected [n] or [n, 1], got {shape}")
-            data = tensor.data if isinstance(tensor.data, list) else list(tensor.data)
+            if not rule.numeric and datatype != "BYTES":
+                raise PayloadError(f"{where}.datatype: expected BYTES for a category, got {_show(datatype)}")
+            shape = tensor.shape
+            if not (
+                isinstance(shape, list | tuple)
+                and (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1))
+                and all(type(d) is int for d in shape)
+            ):
+                raise PayloadError(f"{where}.shape: expected [n] or [n, 1], got {_show(shape)}")
+            data = self._tensor_data(rule, tensor.data, len(shape), where)
             if len(data) != shape[0]:
-                raise PayloadError(f"{where}.data: {len(data)} values for shape {shape}")
+                raise PayloadError(f"{where}.data: {len(data)} values for shape {list(shape)}")
             if length is None:
                 length = len(data)
                 self._check_batch_size(length, "inputs")
             elif len(data) != length:
                 raise PayloadError(f"{where}.shape: {len(data)} rows, other inputs have {length}")
-            values = [v.decode() if isinstance(v, bytes) else v for v in data]
-            columns[rule.name] = self._column(rule, values, lambda j, w=where: f"{w}.data[{j}]")
+            columns[rule.name] = self._column(rule, data, lambda j, w=where: f"{w}.data[{j}]")
         return columns
+
+    @staticmethod
+    def _tensor_data(rule: FeatureRule, data: object, dims: int, where: str) -> list:
+        """A tensor's values as a flat list of Python values: JSON data as sent (one-element rows
+        `[[v], [v], ...]` flattened for shape [n, 1]), binary data (a numpy array) converted."""
+        if isinstance(data, np.ndarray):  # the binary tensor extension: KServe has decoded the bytes
+            values = data.reshape(-1).tolist()
+            if rule.numeric:
+                return values
+            return [_decoded(v, f"{where}.data[{j}]") if isinstance(v, bytes) else v for j, v in enumerate(values)]
+        if not isinstance(data, list):
+            raise PayloadError(f"{where}.data: expected a list of values, got {_kind(data)}")
+        if data and isinstance(data[0], list):
+            if dims == 2 and all(isinstance(v, list) and len(v) == 1 for v in data):
+                return [v[0] for v in data]
+            raise PayloadError(
+                f"{where}.data: nested lists; expected a flat list, or one-element rows [[v], ...] for shape [n, 1]"
+            )
+        return data
 
     # -- shared -----------------------------------------------------------------------------------
     @staticmethod
@@ -150,14 +184,18 @@ class PayloadParser:
         """Validate one feature's values: a whole-column check for the common case, and the
         value-by-value walk (which names the offending row) only when that check fails."""
         if rule.numeric:
-            # Plain ints and floats only (no bools, no None), and a finite sum: no NaN nor infinity
-            # (a sum that overflows takes the slow path, which accepts it).
-            if NUMBER_TYPES.issuperset(map(type, values)):
-                total = sum(values)
-                if total - total == 0:
+            # Plain ints and floats only (no bools, no None), whose magnitudes add up to at most
+            # float32's largest: then each is within float32's range and finite (NaN and infinity fail
+            # the comparison). One pass in C; a column of large values that add up past it takes the
+            # value-by-value walk, which judges each on its own.
+            if NUMBER_TYPES.issuperset(map(type, values)) and sum(map(abs, values)) <= FLOAT32_MAX:
+                return values
+        else:
+            try:
+                if rule.categories.issuperset(values):
                     return values
-        elif rule.categories.issuperset(values):
-            return values
+            except TypeError:  # an unhashable value (a list or an object): the walk names it
+                pass
         return [self._value(rule, v, where(j)) for j, v in enumerate(values)]
 
     def _value(self, rule: FeatureRule, value: object, where: str):
@@ -167,14 +205,16 @@ class PayloadParser:
             return None
         if rule.numeric:
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise PayloadError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
-            if math.isinf(value):
+                raise PayloadError(f"{where}: expected a number, got {_kind(value)} {_show(value)}")
+            if isinstance(value, float) and math.isinf(value):
                 raise PayloadError(f"{where}: expected a finite number, got {value}")
+            if not -FLOAT32_MAX <= value <= FLOAT32_MAX:
+                raise PayloadError(f"{where}: {_show(value)} is beyond the float32 range ±3.4e38")
             return value
         if not isinstance(value, str):
-            raise PayloadError(f"{where}: expected a string category, got {type(value).__name__} {value!r}")
+            raise PayloadError(f"{where}: expected a string category, got {_kind(value)} {_show(value)}")
         if value not in rule.categories:
-            raise PayloadError(f"{where}: unknown category {value!r}; expected one of {sorted(rule.categories)}")
+            raise PayloadError(f"{where}: unknown category {_show(value)}; expected one of {sorted(rule.categories)}")
         return value
 
     def _enrich(self, rows: list) -> list:
@@ -188,16 +228,62 @@ class PayloadParser:
                 f"instances[{keyed[0]}]: only {self.entity_key!r} given, and this predictor has "
                 "no feature store to look it up; send the features"
             )
-        found = self.lookup([rows[i][self.entity_key] for i in keyed])
+        keys = [rows[i][key] for i in keyed]
+        for i, value in zip(keyed, keys, strict=True):
+            if isinstance(value, bool) or not isinstance(value, str | int):
+                raise PayloadError(f"instances[{i}].{key}: expected a string or an integer key, got {_kind(value)}")
+        found = self.lookup(keys)
         rows = list(rows)
         for i, features in zip(keyed, found, strict=True):
             if features is None:
                 raise PayloadError(
-                    f"instances[{i}].{self.entity_key}: {rows[i][self.entity_key]!r} has no features "
+                    f"instances[{i}].{self.entity_key}: {_show(rows[i][self.entity_key])} has no features "
                     "in the online store"
                 )
             rows[i] = features
         return rows
+
+
+def _kind(value: object) -> str:
+    return type(value).__name__
+
+
+class _ShortRepr(reprlib.Repr):
+    """Values in error messages: short whatever the client sent (a 60 MB string, a 1000-deep list, a
+    400-digit integer), and never failing on it."""
+
+    def __init__(self):
+        super().__init__()
+        self.maxstring = self.maxother = 60
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() <= 64:
+            return str(x)
+        digits = int(x.bit_length() * 0.30103) + 1  # str() refuses past 4300 digits; this never does
+        return f"{'-' if x < 0 else ''}(an integer of about {digits} digits)"
+
+
+_show = _ShortRepr().repr
+
+
+def _key(name: str) -> str:
+    """A client's JSON key as a field in a message: shortened, without the quotes."""
+    return _show(name)[1:-1]
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _decoded(value: bytes, where: str) -> str:
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        raise PayloadError(f"{where}: BYTES element is not UTF-8 text") from None
 
 
 def to_model_inputs(spec: ModelSpec, columns: dict[str, list]) -> dict[str, np.ndarray]:

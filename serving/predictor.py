@@ -2,7 +2,8 @@
 
 Loading verifies the artifact's sha256 recorded at registration before anything is deserialized, and
 prefers the ONNX twin (ONNX Runtime, ~0.1 ms per row) over the scikit-learn pipeline. Every request is
-validated against the model's feature spec; a client's mistake is a 400 naming the field, never a 500.
+validated against the model's feature spec (`serving.payload`); a client's mistake is a 4xx naming the
+field, never a 5xx, and every answer is counted by outcome (`serving.http_contract`).
 
 Run: python -m serving.predictor --model_name churn --model_uri models:/churn@champion --http_port 8080
 """
@@ -126,28 +127,55 @@ def _sklearn_scorer(client, version, spec: ModelSpec, tmp: str):
     return score
 
 
-# Fault injection for rollback drills: this share of requests fails with a 500 after parsing, as a
-# broken model would. Set on the predictor container (the local plane passes it through too).
+# Fault injection for rollback drills: this share of valid requests fails with a 500 after parsing, as a
+# broken model would, in the stage named by ENV_FAULT_STAGE (predict, or preprocess: a broken
+# transformation). Set on the predictor container (the local plane passes them through too).
 ENV_FAULT_ERROR_RATE = "SHEPHERD_FAULT_ERROR_RATE"
+ENV_FAULT_STAGE = "SHEPHERD_FAULT_STAGE"
+FAULT_STAGES = ("predict", "preprocess")
 WARMUP_CALLS = 20
+SERVING_PLATFORMS = {"onnx": "onnxruntime_onnx", "sklearn": "sklearn"}  # OIP model metadata `platform`
 
 
-def make_model(
-    name: str, loaded: LoadedVersion, role: str, metrics: PredictorMetrics, lookup=None, fault_error_rate: float = 0.0
-):
-    """The `kserve.Model` serving `loaded` under `name` (failing `fault_error_rate` of requests on purpose)."""
+@dataclass(frozen=True)
+class Fault:
+    """Requests to fail on purpose: `rate` of them (0..1), in `stage`."""
+
+    rate: float = 0.0
+    stage: str = "predict"
+
+    def strike(self, stage: str) -> None:
+        if self.rate and stage == self.stage and random.random() < self.rate:
+            raise RuntimeError(f"injected fault in {stage} ({ENV_FAULT_ERROR_RATE}={self.rate:g})")
+
+
+def make_model(name: str, loaded: LoadedVersion, role: str, metrics: PredictorMetrics, lookup=None, fault=Fault()):
+    """The `kserve.Model` serving `loaded` under `name` (failing some requests on purpose with `fault`).
+
+    Outcomes are counted at the HTTP layer (`serving.http_contract`), from the status each answer
+    gets; the model records what only it knows: rows, scores and the duration of successful calls."""
     import kserve
-    from kserve.errors import InvalidInput
+    from kserve.errors import InferenceError, InvalidInput
     from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+    from serving.http_contract import ClientError
 
     spec = loaded.spec
     parser = PayloadParser(spec, lookup)
     labels = {"model": spec.name, "version": loaded.version, "role": role}
-    requests = {o: metrics.requests.labels(**labels, outcome=o) for o in OUTCOMES}
     duration = metrics.duration.labels(**labels)
     score_hist = metrics.score.labels(**labels)
     rows_total = metrics.rows.labels(**labels)
     positive, negative = spec.target.positive, spec.target.negative
+    threshold = spec.evaluation.decision_threshold
+    input_types = [
+        {"name": f.name, "datatype": "BYTES" if f.type == "category" else "FP32", "shape": [-1, 1]}
+        for f in spec.features
+    ]
+    output_types = [
+        {"name": "probability", "datatype": "FP32", "shape": [-1]},
+        {"name": "label", "datatype": "BYTES", "shape": [-1]},
+    ]
 
     class ShepherdModel(kserve.Model):
         def load(self) -> bool:
@@ -159,35 +187,48 @@ def make_model(
             self.ready = True
             return self.ready
 
+        def get_input_types(self) -> list[dict]:
+            return input_types
+
+        def get_output_types(self) -> list[dict]:
+            return output_types
+
+        async def __call__(self, *args, **kwargs):
+            """KServe's preprocess -> predict -> postprocess, with any failure that is not the client's
+            raised as KServe's InferenceError: KServe's handler answers it, where a raw exception would
+            escape the app and make uvicorn drop the connection."""
+            try:
+                return await super().__call__(*args, **kwargs)
+            except (InvalidInput, InferenceError, NotImplementedError):
+                raise
+            except Exception as exc:
+                logger.error("%s v%s failed to answer", spec.name, loaded.version, exc_info=exc)
+                raise InferenceError(f"model: {type(exc).__name__}: {str(exc)[:200]}") from exc
+
         def preprocess(self, payload, headers=None):
             started = time.perf_counter()
             try:
                 if isinstance(payload, InferRequest):
-                    return "v2", payload.id, parser.from_v2(payload.inputs), started
-                if isinstance(payload, bytes | str):
-                    content_type = (headers or {}).get("content-type", "none")
-                    raise PayloadError(f"content-type: expected application/json, got {content_type!r}")
-                return "v1", None, parser.from_v1(payload), started
+                    parsed = "v2", payload.id, parser.from_v2(payload.inputs, payload.id), started
+                else:
+                    if isinstance(payload, bytes):  # a JSON type KServe does not know (with a charset, ...)
+                        payload = parse_json_body(payload)
+                    parsed = "v1", None, parser.from_v1(payload), started
             except PayloadError as exc:
-                requests["invalid"].inc()
-                raise InvalidInput(str(exc)) from None
+                raise ClientError(str(exc)) from None
+            fault.strike("preprocess")
+            return parsed
 
         def predict(self, parsed, headers=None):
             protocol, request_id, columns, started = parsed
-            try:
-                if fault_error_rate and random.random() < fault_error_rate:
-                    raise RuntimeError(f"injected fault ({ENV_FAULT_ERROR_RATE}={fault_error_rate:g})")
-                proba = loaded.score(to_model_inputs(spec, columns))
-            except Exception:
-                requests["error"].inc()
-                raise
+            fault.strike("predict")
+            proba = loaded.score(to_model_inputs(spec, columns))
             probabilities = proba.tolist()  # Python floats: cheaper to compare and serialise than numpy scalars
             n = len(probabilities)
             rows_total.inc(n)
             score_hist.observe_many(proba)
-            requests["ok"].inc()
             duration.observe(time.perf_counter() - started)
-            label = [positive if p >= 0.5 else negative for p in probabilities]
+            label = [positive if p >= threshold else negative for p in probabilities]
             if protocol == "v2":
                 return InferResponse(
                     response_id=request_id or str(uuid.uuid4()),
@@ -204,6 +245,50 @@ def make_model(
             }
 
     return ShepherdModel(name)
+
+
+def parse_json_body(body: bytes) -> object:
+    """A request body KServe left unread -> its JSON value, or a PayloadError naming `body`."""
+    import orjson
+
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise PayloadError(f"body: not valid JSON ({exc})") from None
+
+
+def count_outcomes(metrics: PredictorMetrics, loaded: LoadedVersion, role: str):
+    """`count(outcome)` for `shepherd_predictor_requests_total` of the served version."""
+    labels = {"model": loaded.spec.name, "version": loaded.version, "role": role}
+    counters = {o: metrics.requests.labels(**labels, outcome=o) for o in OUTCOMES}
+
+    def count(outcome: str) -> None:
+        counters[outcome].inc()
+
+    return count
+
+
+def serve_metadata(app, model, loaded: LoadedVersion) -> None:
+    """`GET /v2/models/<name>` with the served version (KServe's own answer leaves `versions` empty);
+    the inputs and outputs are the model's `get_input_types`/`get_output_types`, as KServe's are."""
+    from starlette.responses import JSONResponse
+
+    async def metadata():
+        return JSONResponse(
+            {
+                "name": model.name,
+                "versions": [loaded.version],
+                "platform": SERVING_PLATFORMS[loaded.serving_format],
+                "inputs": model.get_input_types(),
+                "outputs": model.get_output_types(),
+            }
+        )
+
+    # Routes match in order, and KServe adds its routers when the server starts, after this one.
+    app.add_api_route(f"/v2/models/{model.name}", metadata, methods=["GET"], include_in_schema=False)
+    app.add_api_route(
+        f"/v2/models/{model.name}/versions/{loaded.version}", metadata, methods=["GET"], include_in_schema=False
+    )
 
 
 def feast_lookup(repo: str, spec: ModelSpec):
@@ -243,24 +328,6 @@ def predictor_command(
         f"--http_port={port}",
         *extra,
     ]
-
-
-def answer_schema_errors_with_400(app) -> None:
-    """KServe lets FastAPI answer a V2 body that breaks the OIP schema with a 422 listing internal
-    alternatives; answer 400 naming the field, like every other client mistake here."""
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import ORJSONResponse
-
-    async def handler(_request, exc: RequestValidationError):
-        problems = []
-        for err in exc.errors():
-            loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "InferenceRequest")]
-            if loc == ["bytes"]:  # FastAPI's alternative reading of the body, not the client's field
-                continue
-            problems.append(f"{'.'.join(loc) or 'body'}: {err.get('msg', 'invalid')}")
-        return ORJSONResponse(status_code=400, content={"error": "; ".join(problems) or "invalid request body"})
-
-    app.add_exception_handler(RequestValidationError, handler)
 
 
 def drop_request_timing(app) -> None:
@@ -305,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     from kserve import model_server
     from prometheus_client import REGISTRY
 
+    from serving import http_contract
+
     parser = argparse.ArgumentParser(
         parents=[model_server.parser], description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -322,11 +391,20 @@ def main(argv: list[str] | None = None) -> int:
         "--fault_error_rate",
         type=float,
         default=float(os.environ.get(ENV_FAULT_ERROR_RATE, "0") or 0),
-        help=f"fail this share (0..1) of requests with a 500, for rollback drills [env: {ENV_FAULT_ERROR_RATE}]",
+        help=f"fail this share (0..1) of valid requests with a 500, for rollback drills [env: {ENV_FAULT_ERROR_RATE}]",
+    )
+    parser.add_argument(
+        "--fault_stage",
+        default=os.environ.get(ENV_FAULT_STAGE) or "predict",
+        help=f"where injected faults happen: {' or '.join(FAULT_STAGES)} (a broken transformation) "
+        f"[env: {ENV_FAULT_STAGE}, default predict]",
     )
     args, _ = parser.parse_known_args(argv)
     if not 0.0 <= args.fault_error_rate <= 1.0:
         print(f"error: --fault_error_rate must be within 0..1, got {args.fault_error_rate}", flush=True)
+        return 2
+    if args.fault_stage not in FAULT_STAGES:
+        print(f"error: --fault_stage must be one of {list(FAULT_STAGES)}, got {args.fault_stage!r}", flush=True)
         return 2
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not tracking_uri:
@@ -339,11 +417,13 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     lookup = feast_lookup(args.feature_repo, loaded.spec) if args.feature_repo else None
     metrics = PredictorMetrics.create(REGISTRY)
-    model = make_model(args.model_name, loaded, args.role, metrics, lookup, args.fault_error_rate)
-    if args.fault_error_rate:
-        logger.warning("fault injection: %.0f %% of requests will fail with a 500", 100 * args.fault_error_rate)
+    fault = Fault(args.fault_error_rate, args.fault_stage)
+    model = make_model(args.model_name, loaded, args.role, metrics, lookup, fault)
+    if fault.rate:
+        logger.warning("fault injection: %.0f %% of requests will fail with a 500 in %s", 100 * fault.rate, fault.stage)
     model.load()
-    answer_schema_errors_with_400(model_server.app)
+    http_contract.install(model_server.app, args.model_name, count_outcomes(metrics, loaded, args.role))
+    serve_metadata(model_server.app, model, loaded)
     if not args.log_each_request:
         drop_request_timing(model_server.app)
     loop = install_event_loop(args.event_loop)

@@ -3,53 +3,32 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import time
 
 import httpx
 import mlflow
 import numpy as np
 import pytest
+import yaml
 
 from components import train
-from serving.local_plane import free_port
-from serving.predictor import predictor_command
-from tests.conftest import REPO
+from components.spec import parse_spec
+from pipelines.direct import train_and_register
+from tests.conftest import CHURN_SPEC
+from tests.support.predictor_process import running_predictor, sample
 
 ROWS = 8
+BIG_INT = "1" + "0" * 400  # a 401-digit integer, as JSON text
 
 
 @pytest.fixture(scope="module")
 def server(registered_churn, tmp_path_factory):
-    port = free_port()
-    # A file, not a pipe: an unread pipe fills up with access logs and blocks the server.
-    log_path = tmp_path_factory.mktemp("predictor") / "predictor.log"
-    log = open(log_path, "w")  # noqa: SIM115 (closed in teardown)
-    command = predictor_command("churn", "models:/churn@champion", registered_churn["tracking_uri"], port)
-    process = subprocess.Popen(
-        command,
-        cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"predictor exited: {log_path.read_text()}")
-        try:
-            if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.3)
-    else:
-        process.kill()
-        pytest.fail("predictor did not become ready in 60 s")
-    with httpx.Client(base_url=base, timeout=10) as client:
+    with (
+        running_predictor(
+            registered_churn["tracking_uri"], "models:/churn@champion", tmp_path_factory.mktemp("predictor")
+        ) as predictor,
+        httpx.Client(base_url=predictor.base_url, timeout=10) as client,
+    ):
         yield client
-    process.terminate()
-    process.wait(timeout=15)
-    log.close()
 
 
 @pytest.fixture(scope="module")
@@ -104,10 +83,23 @@ def _row(rows, **changes):
 
 
 _DROP = object()
+_JSON = {"content-type": "application/json"}
 
 
 def _v1(rows, **changes):
     return {"json": {"instances": [_row(rows, **changes)]}}
+
+
+def _raw(body: object, **tokens: str) -> dict:
+    """`body` as JSON text with each `"<name>"` string replaced by the raw token (NaN, a 400-digit number)."""
+    text = json.dumps(body)
+    for name, token in tokens.items():
+        text = text.replace(json.dumps(f"<{name}>"), token)
+    return {"content": text, "headers": _JSON}
+
+
+def _raw_v1(rows, feature: str, token: str) -> dict:
+    return _raw({"instances": [_row(rows, **{feature: "<x>"})]}, x=token)
 
 
 BAD_V1 = [
@@ -116,32 +108,23 @@ BAD_V1 = [
     ("wrong type", lambda r: _v1(r, tenure="twelve"), "instances[0].tenure: expected a number, got str"),
     ("bool for number", lambda r: _v1(r, monthly_charges=True), "instances[0].monthly_charges: expected a number"),
     ("number for category", lambda r: _v1(r, contract=2), "instances[0].contract: expected a string category"),
+    ("list for category", lambda r: _v1(r, contract=["Two year"]), "instances[0].contract: expected a string category"),
+    ("object for category", lambda r: _v1(r, contract={"a": 1}), "instances[0].contract: expected a string category"),
     ("unknown category", lambda r: _v1(r, contract="Weekly"), "instances[0].contract: unknown category 'Weekly'"),
     ("null not allowed", lambda r: _v1(r, tenure=None), "instances[0].tenure: null/NaN not allowed"),
-    # NaN is not JSON: the body is refused before any field is read.
-    (
-        "NaN token",
-        lambda r: {
-            "content": '{"instances": [' + json.dumps(_row(r)).replace('"tenure": 1', '"tenure": NaN') + "]}",
-            "headers": {"content-type": "application/json"},
-        },
-        "Unrecognized request format",
-    ),
+    ("beyond float32", lambda r: _v1(r, tenure=1e39), "instances[0].tenure: 1e+39 is beyond the float32 range ±3.4e38"),
+    ("below float32", lambda r: _v1(r, monthly_charges=-3.5e38), "instances[0].monthly_charges: -3.5e+38 is beyond"),
+    # Not JSON: orjson refuses NaN and a number that is infinite as a double; the body is refused before any field.
+    ("NaN token", lambda r: _raw_v1(r, "tenure", "NaN"), "body: not valid JSON"),
+    ("400-digit integer", lambda r: _raw_v1(r, "tenure", BIG_INT), "body: not valid JSON (number is infinity"),
     ("empty batch", lambda r: {"json": {"instances": []}}, "instances: empty batch"),
     ("no instances", lambda r: {"json": {"rows": [r[0]]}}, "instances: required field missing"),
     ("instances not a list", lambda r: {"json": {"instances": r[0]}}, "instances: expected a list"),
     ("row not an object", lambda r: {"json": {"instances": [[1, 2, 3]]}}, "instances[0]: expected an object"),
     ("body not an object", lambda r: {"json": [r[0]]}, "body: expected a JSON object"),
-    (
-        "not JSON content type",
-        lambda r: {"content": json.dumps({"instances": [r[0]]}), "headers": {"content-type": "text/plain"}},
-        "content-type: expected",
-    ),
-    (
-        "malformed JSON",
-        lambda r: {"content": '{"instances": [', "headers": {"content-type": "application/json"}},
-        "Unrecognized request format",
-    ),
+    ("body a JSON string", lambda r: {"json": "hello"}, 'body: expected a JSON object like {"instances"'),
+    ("malformed JSON", lambda r: {"content": '{"instances": [', "headers": _JSON}, "body: not valid JSON"),
+    ("nested 5000 deep", lambda r: {"content": "[" * 5000 + "]" * 5000, "headers": _JSON}, "body: not valid JSON"),
     (
         "entity key without store",
         lambda r: {"json": {"instances": [{"customer_id": 7}]}},
@@ -155,7 +138,7 @@ BAD_V1 = [
 def test_bad_v1_payloads_get_400_naming_the_field(server, rows, case, make, expected):
     response = server.post("/v1/models/churn:predict", **make(rows))
     assert response.status_code == 400, (case, response.status_code, response.text)
-    assert expected in response.json()["error"], response.text
+    assert response.json()["error"].startswith(expected), response.text
 
 
 def _v2(churn_spec, rows, **override):
@@ -177,52 +160,286 @@ def _v2(churn_spec, rows, **override):
     return {"inputs": inputs}
 
 
+def _json(body) -> dict:
+    return {"json": body}
+
+
 BAD_V2 = [
-    ("no inputs", lambda s, r: {}, "inputs: Field required"),
-    ("inputs not a list", lambda s, r: {"inputs": "x"}, "inputs: Input should be a valid list"),
-    ("missing input", lambda s, r: _v2(s, r, tenure=_DROP), "inputs: missing input 'tenure'"),
+    ("no inputs", lambda s, r: _json({}), "inputs: Field required"),
+    ("inputs not a list", lambda s, r: _json({"inputs": "x"}), "inputs: Input should be a valid list"),
+    ("missing input", lambda s, r: _json(_v2(s, r, tenure=_DROP)), "inputs: missing input 'tenure'"),
     (
         "unknown input",
-        lambda s, r: {"inputs": [*_v2(s, r)["inputs"], {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]},
-        "unknown input 'x'",
+        lambda s, r: _json(
+            {"inputs": [*_v2(s, r)["inputs"], {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}
+        ),
+        "inputs[19].name: unknown input 'x'",
     ),
     (
         "bytes for number",
-        lambda s, r: _v2(s, r, tenure={"datatype": "BYTES", "data": ["1"]}),
+        lambda s, r: _json(_v2(s, r, tenure={"datatype": "BYTES", "data": ["1"]})),
         "inputs[tenure].datatype: expected a numeric datatype",
     ),
-    ("shape mismatch", lambda s, r: _v2(s, r, tenure={"shape": [2]}), "inputs[tenure].data: 1 values for shape [2]"),
+    (
+        "shape mismatch",
+        lambda s, r: _json(_v2(s, r, tenure={"shape": [2]})),
+        "inputs[tenure].data: 1 values for shape [2]",
+    ),
     (
         "unknown category",
-        lambda s, r: _v2(s, r, contract={"data": ["Weekly"]}),
+        lambda s, r: _json(_v2(s, r, contract={"data": ["Weekly"]})),
         "inputs[contract].data[0]: unknown category 'Weekly'",
+    ),
+    (
+        "list for category",
+        lambda s, r: _json(_v2(s, r, contract={"data": [["Two year", "One year"]]})),
+        "inputs[contract].data: nested lists",
+    ),
+    (
+        "nested for shape [n]",
+        lambda s, r: _json(_v2(s, r, contract={"data": [["Two year"]]})),
+        "inputs[contract].data: nested lists",
+    ),
+    (
+        "nested twice",
+        lambda s, r: _json(_v2(s, r, contract={"shape": [1, 1], "data": [[["Two year"]]]})),
+        "inputs[contract].data[0]: expected a string category, got list",
+    ),
+    (
+        "400-digit integer",
+        lambda s, r: _raw(_v2(s, r, tenure={"data": ["<x>"]}), x=BIG_INT),
+        "inputs[tenure].data[0]: (an integer of about 401 digits) is beyond the float32 range ±3.4e38",
+    ),
+    (
+        "beyond float32",
+        lambda s, r: _json(_v2(s, r, monthly_charges={"data": [1e39]})),
+        "inputs[monthly_charges].data[0]: 1e+39 is beyond the float32 range",
+    ),
+    (
+        "Infinity token",
+        lambda s, r: _raw(_v2(s, r, tenure={"data": ["<x>"]}), x="Infinity"),
+        "inputs[tenure].data[0]: expected a finite number",
+    ),
+    (
+        "lone surrogate id",
+        lambda s, r: _raw({**_v2(s, r), "id": "<x>"}, x=r'"\ud800"'),
+        "id: expected Unicode text",
+    ),
+    ("body a JSON string", lambda s, r: _json("hello"), 'body: expected a JSON object like {"inputs"'),
+    ("malformed JSON", lambda s, r: {"content": '{"inputs": [', "headers": _JSON}, "body: not valid JSON"),
+    (
+        "nested 5000 deep",
+        lambda s, r: {"content": "[" * 5000 + "]" * 5000, "headers": _JSON},
+        "body: could not be read as JSON (RecursionError",
+    ),
+    (
+        "binary header not a number",
+        lambda s, r: {"json": _v2(s, r), "headers": {"inference-header-content-length": "x"}},
+        "inference-header-content-length: expected the byte length of the JSON part",
+    ),
+    (
+        "binary header without inputs",
+        lambda s, r: {
+            "content": b'{"id": "1"}',
+            "headers": {"content-type": "application/octet-stream", "inference-header-content-length": "11"},
+        },
+        "body: binary tensor request does not decode (KeyError",
     ),
 ]
 
 
 @pytest.mark.parametrize(("case", "make", "expected"), BAD_V2, ids=[c[0] for c in BAD_V2])
 def test_bad_v2_payloads_get_400_naming_the_field(server, rows, churn_spec, case, make, expected):
-    response = server.post("/v2/models/churn/infer", json=make(churn_spec, rows))
+    response = server.post("/v2/models/churn/infer", **make(churn_spec, rows))
     assert response.status_code == 400, (case, response.status_code, response.text)
-    assert expected in response.json()["error"], response.text
+    assert response.json()["error"].startswith(expected), response.text
 
 
-def test_server_keeps_serving_and_counts_outcomes(server, rows):
-    for _, make, _ in BAD_V1:
-        server.post("/v1/models/churn:predict", **make(rows))
-    assert server.post("/v1/models/churn:predict", json={"instances": rows}).status_code == 200
-    metrics = server.get("/metrics").text
-    labels = 'model="churn",outcome="{}",role="champion",version="1"'
-    invalid = _sample(metrics, "shepherd_predictor_requests_total{" + labels.format("invalid") + "}")
-    ok = _sample(metrics, "shepherd_predictor_requests_total{" + labels.format("ok") + "}")
-    assert invalid >= len(BAD_V1) - 2  # malformed JSON and the NaN token never reach the model
-    assert ok >= 1
-    assert "request_predict_seconds" in metrics  # KServe's own histograms sit alongside ours
-    assert (
-        _sample(metrics, 'shepherd_predictor_prediction_score_count{model="churn",role="champion",version="1"}') >= ROWS
+def test_v2_accepts_one_element_rows_for_shape_n_1(server, rows, expected, churn_spec):
+    inputs = [
+        {
+            "name": f.name,
+            "shape": [len(rows), 1],
+            "datatype": "BYTES" if f.type == "category" else "FP32",
+            "data": [[r[f.name]] for r in rows],
+        }
+        for f in churn_spec.features
+    ]
+    response = server.post("/v2/models/churn/infer", json={"inputs": inputs})
+    assert response.status_code == 200, response.text
+    outputs = {o["name"]: o for o in response.json()["outputs"]}
+    np.testing.assert_allclose(outputs["probability"]["data"], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "Application/JSON", "application/json;"])
+@pytest.mark.parametrize("protocol", ["v1", "v2"])
+def test_parameterised_json_content_types_are_json(server, rows, churn_spec, content_type, protocol):
+    path, body = (
+        ("/v1/models/churn:predict", {"instances": rows[:2]})
+        if protocol == "v1"
+        else ("/v2/models/churn/infer", _v2(churn_spec, rows))
     )
+    response = server.post(path, content=json.dumps(body), headers={"content-type": content_type})
+    assert response.status_code == 200, response.text
 
 
-def _sample(metrics: str, series: str) -> float:
-    line = next(line for line in metrics.splitlines() if line.startswith(series))
-    return float(line.rsplit(" ", 1)[1])
+@pytest.mark.parametrize(
+    ("path", "content_type", "expected"),
+    [
+        ("/v1/models/churn:predict", "text/plain", "content-type: expected application/json, got 'text/plain'"),
+        ("/v2/models/churn/infer", "text/plain", "content-type: expected application/json, got 'text/plain'"),
+        (
+            "/v2/models/churn/infer",
+            "application/x-www-form-urlencoded",
+            "content-type: expected application/json, got 'application/x-www-form-urlencoded'",
+        ),
+        (
+            "/v2/models/churn/infer",
+            "application/octet-stream",
+            "content-type: application/octet-stream means binary tensors, which need the "
+            "inference-header-content-length header",
+        ),
+    ],
+)
+def test_bodies_that_are_not_json_get_415(server, rows, path, content_type, expected):
+    response = server.post(path, content=json.dumps({"instances": rows[:1]}), headers={"content-type": content_type})
+    assert response.status_code == 415, response.text
+    assert response.json() == {"error": expected}
+
+
+def _chunks(total: int, size: int = 2**20):
+    sent = 0
+    while sent < total:
+        yield b" " * min(size, total - sent)
+        sent += size
+
+
+@pytest.mark.parametrize("protocol", ["v1", "v2"])
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_bodies_over_64_mib_get_413_and_the_connection_keeps_serving(server, rows, protocol, framing):
+    path = "/v1/models/churn:predict" if protocol == "v1" else "/v2/models/churn/infer"
+    size = 64 * 2**20 + 1
+    content = b" " * size if framing == "content-length" else _chunks(size)
+    response = server.post(path, content=content, headers=_JSON)
+    assert response.status_code == 413, response.text[:300]
+    assert response.json() == {"error": "body: larger than 64 MiB; send fewer rows per request"}
+    assert server.post("/v1/models/churn:predict", json={"instances": rows}).status_code == 200
+
+
+def test_unknown_routes_answer_in_the_error_shape(server):
+    response = server.post("/v1/models/nope:predict", json={"instances": []})
+    assert response.status_code == 404
+    assert response.json()["error"].startswith("path: Model with name nope does not exist")
+    response = server.get("/v2/models/churn/infer")
+    assert response.status_code == 405
+    assert response.json() == {"error": "method: GET not allowed on /v2/models/churn/infer"}
+    response = server.get("/v3/anything")
+    assert response.status_code == 404
+    assert response.json() == {"error": "path: /v3/anything not found"}
+
+
+def test_v2_model_metadata_lists_inputs_outputs_and_version(server, churn_spec):
+    response = server.get("/v2/models/churn")
+    assert response.status_code == 200, response.text
+    metadata = response.json()
+    assert metadata["name"] == "churn" and metadata["versions"] == ["1"]
+    assert metadata["platform"] == "onnxruntime_onnx"
+    assert metadata["inputs"] == [
+        {"name": f.name, "datatype": "BYTES" if f.type == "category" else "FP32", "shape": [-1, 1]}
+        for f in churn_spec.features
+    ]
+    assert metadata["outputs"] == [
+        {"name": "probability", "datatype": "FP32", "shape": [-1]},
+        {"name": "label", "datatype": "BYTES", "shape": [-1]},
+    ]
+    assert server.get("/v2/models/churn/versions/1").json() == metadata
+
+
+def test_server_keeps_serving_and_counts_every_answer(server, rows):
+    labels = 'model="churn",outcome="{}",role="champion",version="1"'
+    series = {o: "shepherd_predictor_requests_total{" + labels.format(o) + "}" for o in ("ok", "invalid", "error")}
+    before = server.get("/metrics").text
+    for _, make, _ in BAD_V1:
+        assert server.post("/v1/models/churn:predict", **make(rows)).status_code == 400
+    assert server.post("/v1/models/churn:predict", json={"instances": rows}).status_code == 200
+    after = server.get("/metrics").text
+    counted = {o: sample(after, s) - sample(before, s) for o, s in series.items()}
+    # Every 4xx counts, also the bodies KServe refuses before the model sees them (malformed JSON, NaN).
+    assert counted == {"ok": 1, "invalid": len(BAD_V1), "error": 0}
+    assert "request_predict_seconds" in after  # KServe's own histograms sit alongside ours
+    assert sample(after, 'shepherd_predictor_prediction_score_count{model="churn",role="champion",version="1"}') >= ROWS
+
+
+# -- the spec's decision threshold -----------------------------------------------------------------
+THRESHOLD = 0.3
+
+
+@pytest.fixture(scope="module")
+def low_threshold(tmp_path_factory, churn_frame):
+    """A churn model trained with `evaluation.decision_threshold: 0.3`, served by its own predictor."""
+    data = yaml.safe_load(CHURN_SPEC.read_text())
+    data["evaluation"]["decision_threshold"] = THRESHOLD
+    spec = parse_spec(yaml.safe_dump(data))
+    home = tmp_path_factory.mktemp("threshold")
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    train_and_register(spec, churn_frame, uri, home)
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.sklearn.load_model("models:/churn/1")
+    with (
+        running_predictor(uri, "models:/churn/1", home) as predictor,
+        httpx.Client(base_url=predictor.base_url, timeout=10) as client,
+    ):
+        yield client, model, spec
+
+
+def test_labels_follow_the_specs_decision_threshold(low_threshold, churn_frame):
+    client, model, spec = low_threshold
+    frame = churn_frame.head(300)
+    proba = train.predict_positive(model, frame, spec)
+    # Rows on both sides of 0.3 and between 0.3 and 0.5 (where a fixed 0.5 would say "No"), away from
+    # the edges so float32 rounding cannot flip a label.
+    between = (proba > THRESHOLD + 0.02) & (proba < 0.48)
+    low, high = proba < THRESHOLD - 0.02, proba > 0.52
+    picked = np.concatenate([np.flatnonzero(m)[:4] for m in (between, low, high)])
+    assert between.sum() >= 1 and low.sum() >= 1 and high.sum() >= 1
+    instances = json.loads(train.feature_frame(frame.iloc[picked], spec).to_json(orient="records"))
+    response = client.post("/v1/models/churn:predict", json={"instances": instances})
+    assert response.status_code == 200, response.text
+    labels = [p["label"] for p in response.json()["predictions"]]
+    assert labels == ["Yes" if p >= THRESHOLD else "No" for p in proba[picked]]
+    assert "Yes" in [lab for lab, p in zip(labels, proba[picked], strict=True) if p < 0.5]
+
+
+# -- a client nobody here wrote ----------------------------------------------------------------------
+@pytest.mark.parametrize("binary_data", [True, False], ids=["binary tensors", "JSON tensors"])
+def test_tritonclient_gets_the_same_answers(server, rows, expected, churn_spec, binary_data):
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(url=str(server.base_url).removeprefix("http://"))
+    try:
+        metadata = client.get_model_metadata("churn")
+        assert metadata["versions"] == ["1"] and len(metadata["inputs"]) == len(churn_spec.features)
+        inputs = []
+        for f in churn_spec.features:
+            if f.type == "category":
+                values = np.array([[r[f.name].encode()] for r in rows], dtype=np.object_)
+                tensor = triton.InferInput(f.name, list(values.shape), "BYTES")
+            else:
+                values = np.array([[np.nan if r[f.name] is None else r[f.name]] for r in rows], dtype=np.float32)
+                tensor = triton.InferInput(f.name, list(values.shape), "FP32")
+            tensor.set_data_from_numpy(values, binary_data=binary_data)
+            inputs.append(tensor)
+        outputs = [triton.InferRequestedOutput(name, binary_data=binary_data) for name in ("probability", "label")]
+        result = client.infer("churn", inputs, outputs=outputs)
+    finally:
+        client.close()
+    np.testing.assert_allclose(result.as_numpy("probability"), expected, atol=1e-5)
+    assert [v.decode() if isinstance(v, bytes) else v for v in result.as_numpy("label")] == [
+        "Yes" if p >= 0.5 else "No" for p in expected
+    ]
+
+
+def test_v2_json_without_a_content_type_is_json(server, rows, churn_spec):
+    response = server.post("/v2/models/churn/infer", content=json.dumps(_v2(churn_spec, rows)))
+    assert "content-type" not in response.request.headers
+    assert response.status_code == 200, response.text

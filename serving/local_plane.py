@@ -84,6 +84,7 @@ logger = logging.getLogger("shepherd.plane")
 
 API = "/apis/serving.kserve.io/v1beta1"
 READY_TIMEOUT_SECONDS = 120
+SUPERVISE_SECONDS = 2.0  # how often the plane checks that its drift service still runs
 UPSTREAM_TIMEOUT_SECONDS = 30
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -195,21 +196,55 @@ class Plane:
         self.deployments: dict[str, Deployment] = {}
         self.lock = asyncio.Lock()
         self.drift: Revision | None = None  # the drift service child process
+        self.drift_restarts = 0
 
     async def start_drift_service(self, client) -> None:
         port = free_port()
         command = [sys.executable, "-m", "monitoring.drift", "--port", str(port), "--tracking-uri", self.tracking_uri]
         process = children.spawn(command, self.dir / "logs" / "drift.log", REPO_ROOT)
-        self.drift = Revision("drift", "", "", "drift", port, process)
+        started = Revision("drift", "", "", "drift", port, process)
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise RuntimeError(f"the drift service exited; see {self.dir / 'logs' / 'drift.log'}")
             with contextlib.suppress(Exception):
-                if (await client.get(f"{self.drift.url}/healthz", timeout=1)).status_code == 200:
+                if (await client.get(f"{started.url}/healthz", timeout=1)).status_code == 200:
+                    self.drift = started  # routes and payload logs follow it from now on
                     return
             await asyncio.sleep(0.25)
+        await children.stop(process)
         raise RuntimeError(f"the drift service did not answer within {READY_TIMEOUT_SECONDS} s")
+
+    async def supervise(self, client, every_seconds: float = SUPERVISE_SECONDS) -> None:
+        """Restart the drift service whenever it has exited (as a kubelet restarts a container), so a
+        crash costs the drift gates one restart, not the rest of the plane's life. Runs until cancelled."""
+        while True:
+            await asyncio.sleep(every_seconds)
+            if self.drift is None or self.drift.process.poll() is None:
+                continue
+            code = self.drift.process.returncode
+            self.drift_restarts += 1
+            logger.error("the drift service exited (code %s); restarting it (restart %d)", code, self.drift_restarts)
+            try:
+                await self.start_drift_service(client)
+            except RuntimeError as exc:  # tried again at the next tick
+                logger.error("restarting the drift service failed: %s", exc)
+
+    def health(self) -> dict:
+        """What `/healthz` reports: each part of the plane, and `degraded` when one is down."""
+        drift_up = self.drift is not None and self.drift.process.poll() is None
+        revisions = {
+            r.name: r.process is not None and r.process.poll() is None
+            for d in self.deployments.values()
+            for r in (d.champion, d.canary)
+            if r is not None
+        }
+        return {
+            "status": "ok" if drift_up and all(revisions.values()) else "degraded",
+            "deployments": len(self.deployments),
+            "drift": {"url": f"{self.url}/drift/", "up": drift_up, "restarts": self.drift_restarts},
+            "revisions": {name: "up" if up else "down" for name, up in revisions.items()},
+        }
 
     def drift_batch_target(self, logger_url: str) -> Callable[[], str] | None:
         """The plane's own drift service (`<plane>/drift/`, what the deploy step writes) gets its payload
@@ -462,7 +497,9 @@ def create_app(plane: Plane, payload_queue_size: int = DEFAULT_QUEUE_SIZE, token
     async def lifespan(_app):
         await plane.start_drift_service(client)
         await plane.restore()  # objects applied before a restart are served again
+        supervisor = asyncio.create_task(plane.supervise(client))
         yield
+        supervisor.cancel()
         # Here, not after uvicorn.run(): uvicorn re-raises SIGTERM once it has shut down.
         await payload_logger.close()
         await plane.shutdown()
@@ -728,7 +765,9 @@ def create_app(plane: Plane, payload_queue_size: int = DEFAULT_QUEUE_SIZE, token
 
     @app.get("/healthz")
     async def healthz() -> dict:
-        return {"status": "ok", "deployments": len(plane.deployments), "drift": f"{plane.url}/drift/"}
+        """200 while the plane answers (`shepherd up` finds a running plane by it); the body says which
+        part is down (`status: degraded`)."""
+        return plane.health()
 
     return app
 

@@ -93,6 +93,25 @@ def test_the_children_die_with_the_plane(registered_churn, tmp_path, churn_spec)
                     os.kill(pid, signal.SIGKILL)
 
 
+def test_a_dead_drift_service_is_reported_and_restarted(registered_churn, tmp_path):
+    """The drift gates' source must not stay dead for the rest of the plane's life, and /healthz must
+    not say ok while it is down."""
+    with running_plane(tmp_path, registered_churn["tracking_uri"]) as plane, httpx.Client(base_url=plane.url) as http:
+        assert http.get("/healthz").json()["status"] == "ok"
+        (drift,) = children_of(plane_pid(tmp_path))  # no deployment yet: the drift service is the only child
+        os.kill(drift, signal.SIGKILL)
+        wait_for(lambda: is_gone(drift), 5, "the drift service's death")
+        down = http.get("/healthz")
+        assert down.status_code == 200  # the plane itself answers: `shepherd up` must not start a second one
+        assert down.json()["status"] == "degraded" and down.json()["drift"]["up"] is False
+        wait_for(lambda: http.get("/healthz").json()["status"] == "ok", 90, "the drift service's restart")
+        health = http.get("/healthz").json()
+        assert health["drift"] == {"url": f"{plane.url}/drift/", "up": True, "restarts": 1}
+        (restarted,) = children_of(plane_pid(tmp_path))
+        assert restarted != drift
+        assert http.get("/drift/metrics").status_code == 200  # the route follows the new process
+
+
 class _DropsEverySecondRequest(BaseHTTPRequestHandler):
     """A keep-alive server that reads the second request on each connection and closes the connection
     without answering, as a predictor did after a 500 (and as any server may on an idle connection)."""

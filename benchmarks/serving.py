@@ -5,12 +5,15 @@ Targets, all serving the same registered churn model (or nothing, for the floor)
                     per-request logs nor the middleware that times them)
   shepherd-asyncio  the same on the standard asyncio loop (--event-loop asyncio): what uvloop buys
   shepherd-verbose  the same with KServe's per-request log lines and their timing middleware (--log_each_request)
+  plane             the same predictor behind the local serving plane's router, with payload logging to the
+                    plane's drift service on (what `shepherd up` serves): the router's cost
   mlserver          MLServer 1.7.1 + mlserver-sklearn serving the same scikit-learn pipeline (V2, pandas codec)
   kserve-constant   kserve.ModelServer with a model that returns a constant: KServe's own framework cost
   fastapi-floor     FastAPI under uvicorn answering a constant (the floor KServe is built on)
   asgi-floor        a bare ASGI app under uvicorn answering a constant: the transport floor
-Each is measured at batch 1 and batch 32 with `wrk -t2 -c8 --latency` after a warm-up, in interleaved
-rounds (every target once per round) so that a slow spell of the shared machine hits all targets alike;
+Each is measured at batch 1 and batch 32 with `wrk -t2 -c8 --latency` after a warm-up (and `shepherd` and
+`plane` also at one connection, batch 1: the latency the router adds), in interleaved rounds (every target
+once per round) so that a slow spell of the shared machine hits all targets alike;
 the report gives each target's median round. The load generator shares the 2 cores with the server,
 so ratios matter more than absolute numbers.
 
@@ -41,10 +44,12 @@ MLSERVER_VENV = Path(os.environ.get("SHEPHERD_CACHE", Path.home() / ".cache" / "
     f"bench-mlserver-{MLSERVER_VERSION}"
 )
 SECTION = "## Serving throughput and latency (issue B)"
+SINGLE_CONNECTION = ("shepherd", "plane")
 TARGETS = (
     "shepherd",
     "shepherd-asyncio",
     "shepherd-verbose",
+    "plane",
     "mlserver",
     "kserve-constant",
     "fastapi-floor",
@@ -89,15 +94,16 @@ def wait_ready(url: str, process: subprocess.Popen, seconds: float = 120) -> Non
     raise RuntimeError(f"{url} not ready after {seconds} s")
 
 
-def wrk(url: str, body: str, seconds: int, workdir: Path, warm_up: bool) -> dict:
+def wrk(url: str, body: str, seconds: int, workdir: Path, warm_up: bool, connections: int = 8) -> dict:
     script = workdir / "post.lua"
     script.write_text(
         f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [==[{body}]==]\n'
     )
     if warm_up:  # JIT-free Python still warms caches, connection pools, allocator.
         subprocess.run(["wrk", "-t2", "-c8", "-d2s", "-s", str(script), url], capture_output=True, check=True)
+    threads = min(2, connections)
     out = subprocess.run(
-        ["wrk", "-t2", "-c8", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
         capture_output=True,
         text=True,
         check=True,
@@ -132,6 +138,8 @@ def main() -> None:
     from components import data
     from components.spec import load_spec
     from pipelines.direct import train_and_register
+    from serving.backends import LocalBackend, start_plane, stop_plane
+    from serving.inference_service import build_inference_service
     from serving.local_plane import free_port
     from serving.predictor import predictor_command
     from serving.traffic import instances
@@ -199,8 +207,12 @@ def main() -> None:
             ),
             "asgi-floor": start("asgi-floor", [*uvicorn, str(ports["asgi-floor"]), "benchmarks.floor_app:app"]),
         }
+        plane_home = work / "plane"
         try:
-            for name in (t for t in TARGETS if not t.endswith("-floor")):  # model servers: V2 readiness
+            print("[bench] starting the local serving plane and deploying churn v1 behind it…", flush=True)
+            plane_url = start_plane(plane_home, uri, ports["plane"]).url
+            LocalBackend(plane_url).apply(build_inference_service(spec, "1", payload_log_url=f"{plane_url}/drift/"))
+            for name in (t for t in TARGETS if t in servers and not t.endswith("-floor")):  # V2 readiness
                 wait_ready(f"http://127.0.0.1:{ports[name]}/v2/health/ready", servers[name])
             wait_ready(f"http://127.0.0.1:{ports['fastapi-floor']}/docs", servers["fastapi-floor"])
             wait_ready(f"http://127.0.0.1:{ports['asgi-floor']}/", servers["asgi-floor"])
@@ -230,6 +242,7 @@ def main() -> None:
                     "shepherd": (f"http://127.0.0.1:{ports['shepherd']}{v1_path}", v1),
                     "shepherd-asyncio": (f"http://127.0.0.1:{ports['shepherd-asyncio']}{v1_path}", v1),
                     "shepherd-verbose": (f"http://127.0.0.1:{ports['shepherd-verbose']}{v1_path}", v1),
+                    "plane": (f"{plane_url}{v1_path}", v1),
                     "mlserver": (f"http://127.0.0.1:{ports['mlserver']}/v2/models/churn/infer", v2),
                     "kserve-constant": (f"http://127.0.0.1:{ports['kserve-constant']}{v1_path}", v1),
                     "fastapi-floor": (f"http://127.0.0.1:{ports['fastapi-floor']}/", v1),
@@ -247,7 +260,18 @@ def main() -> None:
                         print(f"[bench]   {rounds[name][-1]}", flush=True)
                 for name, runs in rounds.items():
                     results[(name, batch)] = median_round(runs)
+                if batch == 1:  # one client at a time: what the router adds to each request's latency
+                    single = {name: targets[name] for name in SINGLE_CONNECTION}
+                    one: dict[str, list[dict]] = {name: [] for name in single}
+                    for round_number in range(1, args.rounds + 1):
+                        for name, (url, body) in single.items():
+                            print(f"[bench] 1 connection, round {round_number}/{args.rounds}: {name}…", flush=True)
+                            one[name].append(wrk(url, body, args.seconds, work, warm_up=False, connections=1))
+                            print(f"[bench]   {one[name][-1]}", flush=True)
+                    for name, runs in one.items():
+                        results[(f"{name} (1 connection)", 1)] = median_round(runs)
         finally:
+            stop_plane(plane_home)
             for process in processes:
                 process.terminate()
             for process in processes:
@@ -291,8 +315,15 @@ def write_report(path: Path, results: dict, seconds: int, rounds: int, machine_t
             f"/ FastAPI floor **{ours / r['fastapi-floor']['rps']:.2f}**;"
             f" / bare ASGI floor {ours / r['asgi-floor']['rps']:.2f}. uvloop / asyncio "
             f"{ours / r['shepherd-asyncio']['rps']:.2f}x; per-request log lines and their timing middleware cost "
-            f"{1 - r['shepherd-verbose']['rps'] / ours:.0%} of the throughput."
+            f"{1 - r['shepherd-verbose']['rps'] / ours:.0%} of the throughput. Through the plane's router (payload "
+            f"logging on): **{r['plane']['rps'] / ours:.0%}** of the predictor's direct throughput at 8 connections "
+            f"(target >= 60 %)."
         )
+    direct, routed = results[("shepherd (1 connection)", 1)], results[("plane (1 connection)", 1)]
+    lines.append(
+        f"- one connection, batch 1: p50 {direct['p50_ms']:.2f} ms direct, {routed['p50_ms']:.2f} ms through the "
+        f"plane: the router adds **{routed['p50_ms'] - direct['p50_ms']:.2f} ms** (target <= 1 ms)."
+    )
     body = "\n".join(lines)
     write_section(path, SECTION, body)
     print(f"{SECTION}\n\n{body}")

@@ -11,6 +11,10 @@
   then fails its next, unrelated request.
 - Every answer to an inference request for the served model is counted by outcome (`ok`, `invalid`,
   `error`) from the status actually sent, so no 5xx escapes the error-rate gate whatever raised it.
+- KServe's model repository extension (`POST /v2/repository/models/<m>/load|unload`) is not served: a
+  predictor serves the one registered version it started with, and that API would let anyone on the
+  network unload it without a credential (predictions 404 while `/v2/health/ready` still says 200).
+  Every method on `/v2/repository/...` is a 404 in the error shape, answered before KServe's routes.
 
 KServe 0.21 registers its exception handlers when the server starts, after `install` ran, so the
 handlers replacing KServe's are put in place when Starlette builds the middleware stack (at the first
@@ -37,6 +41,7 @@ BINARY_HEADER_KEY = BINARY_HEADER.encode()
 OCTET_STREAM = "application/octet-stream"
 JSON_TYPES = frozenset({"application/json", OCTET_STREAM})  # KServe's V1 reads octet-stream as JSON too
 _DIGITS = re.compile(r"[0-9]{1,15}")
+REPOSITORY_PREFIX = "/v2/repository/"  # KServe's model repository extension: refused
 
 
 class ClientError(InvalidInput):
@@ -144,7 +149,11 @@ class ContractMiddleware:
         self.count = count
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] != "POST":
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if scope["path"].startswith(REPOSITORY_PREFIX):
+            return await _repository_refused(scope["path"])(scope, receive, send)
+        if scope["method"] != "POST":
             return await self.app(scope, receive, send)
         counted = scope["path"] in self.counted_paths
         status = 0
@@ -155,6 +164,7 @@ class ContractMiddleware:
                 status = message["status"]
                 if counted:
                     self.count("ok" if status < 400 else "invalid" if status < 500 else "error")
+                _type_binary_answer(message)
             await send(message)
 
         headers = dict(scope["headers"])
@@ -191,6 +201,22 @@ class ContractMiddleware:
                 logger.error("unexpected error answering %s", scope["path"], exc_info=exc)
                 response = error_response(500, f"server: {_named(exc)}")
             await response(scope, receive, send_counted)
+
+
+def _repository_refused(path: str) -> Response:
+    return error_response(
+        404,
+        f"path: {path[:200]} not found (the model repository extension is disabled: this server serves one "
+        "registered version, changed by deploying another revision)",
+    )
+
+
+def _type_binary_answer(start: dict) -> None:
+    """A binary tensor answer (JSON header, then raw output bytes) says `application/octet-stream`, as
+    Triton's does: KServe sends it without a content type."""
+    names = [name for name, _ in start.get("headers", ())]
+    if BINARY_HEADER_KEY in names and b"content-type" not in names:
+        start["headers"] = [*start["headers"], (b"content-type", OCTET_STREAM.encode())]
 
 
 _TOO_LARGE = f"body: larger than {MAX_BODY_BYTES // 2**20} MiB; send fewer rows per request"

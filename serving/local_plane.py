@@ -282,10 +282,10 @@ class Plane:
     # -- revisions ----------------------------------------------------------------------------
     def _start(self, isvc: str, model_uri: str, version: str, role: str, env: dict[str, str]) -> Revision:
         revision = Revision(f"{isvc}-v{version}", model_uri, version, role, free_port(), env=env)
-        from serving.predictor import predictor_command
+        from serving.predictor import LOOPBACK, predictor_command
 
-        revision.process = children.spawn(
-            predictor_command(isvc, model_uri, self.tracking_uri, revision.port, role),
+        revision.process = children.spawn(  # on loopback: only this machine's plane talks to a revision
+            predictor_command(isvc, model_uri, self.tracking_uri, revision.port, role, host=LOOPBACK),
             self.dir / "logs" / f"{revision.name}.log",
             REPO_ROOT,
             env={**os.environ, **env},
@@ -618,7 +618,9 @@ def create_app(plane: Plane, payload_queue_size: int = DEFAULT_QUEUE_SIZE, token
 
     @app.get("/v2")
     async def server_metadata() -> Response:
-        return JSONResponse({"name": "shepherd-local-plane", "version": _server_version(), "extensions": []})
+        return JSONResponse(
+            {"name": "shepherd-local-plane", "version": _server_version(), "extensions": ["binary_tensor_data"]}
+        )
 
     @app.get("/v2/health/live")
     async def server_live() -> Response:

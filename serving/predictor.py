@@ -209,18 +209,19 @@ def make_model(name: str, loaded: LoadedVersion, role: str, metrics: PredictorMe
             started = time.perf_counter()
             try:
                 if isinstance(payload, InferRequest):
-                    parsed = "v2", payload.id, parser.from_v2(payload.inputs, payload.id), started
+                    columns = parser.from_v2(payload.inputs, payload.id)
+                    parsed = "v2", payload.id, columns, started, requested_outputs(payload, OUTPUT_NAMES)
                 else:
                     if isinstance(payload, bytes):  # a JSON type KServe does not know (with a charset, ...)
                         payload = parse_json_body(payload)
-                    parsed = "v1", None, parser.from_v1(payload), started
+                    parsed = "v1", None, parser.from_v1(payload), started, None
             except PayloadError as exc:
                 raise ClientError(str(exc)) from None
             fault.strike("preprocess")
             return parsed
 
         def predict(self, parsed, headers=None):
-            protocol, request_id, columns, started = parsed
+            protocol, request_id, columns, started, wanted = parsed
             fault.strike("predict")
             proba = loaded.score(to_model_inputs(spec, columns))
             probabilities = proba.tolist()  # Python floats: cheaper to compare and serialise than numpy scalars
@@ -230,6 +231,7 @@ def make_model(name: str, loaded: LoadedVersion, role: str, metrics: PredictorMe
             duration.observe(time.perf_counter() - started)
             label = [positive if p >= threshold else negative for p in probabilities]
             if protocol == "v2":
+                use_binary, requested = wanted
                 return InferResponse(
                     response_id=request_id or str(uuid.uuid4()),
                     model_name=self.name,
@@ -238,6 +240,8 @@ def make_model(name: str, loaded: LoadedVersion, role: str, metrics: PredictorMe
                         InferOutput("probability", [n], "FP32", probabilities),
                         InferOutput("label", [n], "BYTES", label),
                     ],
+                    use_binary_outputs=use_binary,
+                    requested_outputs=requested,
                 )
             return {
                 "model_version": loaded.version,
@@ -245,6 +249,47 @@ def make_model(name: str, loaded: LoadedVersion, role: str, metrics: PredictorMe
             }
 
     return ShepherdModel(name)
+
+
+OUTPUT_NAMES = ("probability", "label")  # what a V2 answer holds, in this order
+
+
+def requested_outputs(request, names: tuple[str, ...]) -> tuple[bool, list | None]:
+    """A V2 request's output choices -> (`use_binary_outputs`, `requested_outputs`) for KServe's InferResponse.
+
+    The binary tensor extension: `parameters.binary_data_output` asks for every output as raw bytes after
+    the JSON header, an output's own `parameters.binary_data` overrides it. KServe reads only the latter
+    once outputs are named, so each requested output gets its effective flag spelled out. Raises a
+    PayloadError naming the field for an unknown or repeated output or a flag that is not a boolean."""
+    from kserve.protocol.infer_type import RequestedOutput
+
+    parameters = request.parameters
+    if parameters is not None and not isinstance(parameters, dict):
+        raise PayloadError(f"parameters: expected an object, got {type(parameters).__name__}")
+    default = _flag((parameters or {}).get("binary_data_output", False), "parameters.binary_data_output")
+    if not request.request_outputs:  # absent or [] : every output
+        return default, None
+    requested, seen = [], set()
+    for i, output in enumerate(request.request_outputs):
+        name = output.name
+        if not isinstance(name, str) or name not in names:
+            raise PayloadError(f"outputs[{i}].name: expected one of {list(names)}, got {str(name)[:80]!r}")
+        if name in seen:
+            raise PayloadError(f"outputs[{name}]: requested twice")
+        seen.add(name)
+        own = output.parameters
+        if own is not None and not isinstance(own, dict):
+            raise PayloadError(f"outputs[{name}].parameters: expected an object, got {type(own).__name__}")
+        field = f"outputs[{name}].parameters.binary_data"
+        binary = _flag(own["binary_data"], field) if own and "binary_data" in own else default
+        requested.append(RequestedOutput(name, {"binary_data": binary}))
+    return default, requested
+
+
+def _flag(value, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise PayloadError(f"{field}: expected true or false, got {str(value)[:80]!r}")
+    return value
 
 
 def parse_json_body(body: bytes) -> object:
@@ -268,10 +313,23 @@ def count_outcomes(metrics: PredictorMetrics, loaded: LoadedVersion, role: str):
     return count
 
 
+SERVER_EXTENSIONS = ["binary_tensor_data"]  # OIP extensions served; not KServe's model repository (refused)
+
+
 def serve_metadata(app, model, loaded: LoadedVersion) -> None:
     """`GET /v2/models/<name>` with the served version (KServe's own answer leaves `versions` empty);
-    the inputs and outputs are the model's `get_input_types`/`get_output_types`, as KServe's are."""
+    the inputs and outputs are the model's `get_input_types`/`get_output_types`, as KServe's are.
+    `GET /v2` lists the extensions really served: KServe's names its model repository extension, which
+    `serving.http_contract` refuses, and not the binary tensor extension, which works."""
+    from importlib.metadata import version
+
+    from kserve.constants.constants import KSERVE_MODEL_SERVER_NAME
     from starlette.responses import JSONResponse
+
+    server = {"name": KSERVE_MODEL_SERVER_NAME, "version": version("kserve"), "extensions": SERVER_EXTENSIONS}
+
+    async def server_metadata():
+        return JSONResponse(server)
 
     async def metadata():
         return JSONResponse(
@@ -285,6 +343,7 @@ def serve_metadata(app, model, loaded: LoadedVersion) -> None:
         )
 
     # Routes match in order, and KServe adds its routers when the server starts, after this one.
+    app.add_api_route("/v2", server_metadata, methods=["GET"], include_in_schema=False)
     app.add_api_route(f"/v2/models/{model.name}", metadata, methods=["GET"], include_in_schema=False)
     app.add_api_route(
         f"/v2/models/{model.name}/versions/{loaded.version}", metadata, methods=["GET"], include_in_schema=False
@@ -313,10 +372,21 @@ def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and np.isnan(value))
 
 
+LOOPBACK = "127.0.0.1"
+DEFAULT_HTTP_HOST = "0.0.0.0"  # what a container needs (KServe's own, hard-coded choice)
+
+
 def predictor_command(
-    name: str, model_uri: str, tracking_uri: str, port: int, role: str = "champion", *extra: str
+    name: str,
+    model_uri: str,
+    tracking_uri: str,
+    port: int,
+    role: str = "champion",
+    *extra: str,
+    host: str = LOOPBACK,
 ) -> list[str]:
-    """The command line that serves `model_uri` as `name` on `port` (for process managers and tests)."""
+    """The command line that serves `model_uri` as `name` on `host:port` (for process managers and
+    tests, on this machine: loopback unless told otherwise)."""
     return [
         sys.executable,
         "-m",
@@ -325,9 +395,28 @@ def predictor_command(
         f"--model_uri={model_uri}",
         f"--tracking_uri={tracking_uri}",
         f"--role={role}",
+        f"--http_host={host}",
         f"--http_port={port}",
         *extra,
     ]
+
+
+def bound_model_server(host: str, **kwargs):
+    """A `kserve.ModelServer` whose REST server listens on `host`.
+
+    KServe hard-codes `host="0.0.0.0"` in the uvicorn config its RESTServer builds inside `start`, and
+    has no flag for it. `start` builds that server, then calls `setup_event_loop`, then runs it; uvicorn
+    reads `config.host` only when it binds, so setting it in `setup_event_loop` decides the address."""
+    import kserve
+
+    class BoundModelServer(kserve.ModelServer):
+        def setup_event_loop(self):
+            if self._rest_server is None:  # several workers: KServe binds in another way
+                raise RuntimeError("--http_host needs the single-process REST server (workers=1)")
+            self._rest_server.config.host = host
+            super().setup_event_loop()
+
+    return BoundModelServer(**kwargs)
 
 
 def drop_request_timing(app) -> None:
@@ -368,7 +457,6 @@ def install_event_loop(choice: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import kserve
     from kserve import model_server
     from prometheus_client import REGISTRY
 
@@ -380,6 +468,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model_uri", required=True, help="models:/<name>/<version> or models:/<name>@<alias>")
     parser.add_argument("--tracking_uri", default=None, help="MLflow tracking URI [env: MLFLOW_TRACKING_URI]")
     parser.add_argument("--role", default="champion", choices=ROLES)
+    parser.add_argument(
+        "--http_host",
+        default=DEFAULT_HTTP_HOST,
+        help=f"address to listen on (default {DEFAULT_HTTP_HOST}, for a container; {LOOPBACK} on a shared machine)",
+    )
     parser.add_argument("--feature_repo", default=None, help="Feast repo for entity-key lookups (optional)")
     parser.add_argument(
         "--log_each_request",
@@ -428,14 +521,17 @@ def main(argv: list[str] | None = None) -> int:
         drop_request_timing(model_server.app)
     loop = install_event_loop(args.event_loop)
     logger.info(
-        "serving %s v%s (%s) as %s on the %s event loop",
+        "serving %s v%s (%s) as %s on %s:%s, %s event loop",
         loaded.spec.name,
         loaded.version,
         loaded.serving_format,
         args.role,
+        args.http_host,
+        args.http_port,
         loop,
     )
-    server = kserve.ModelServer(
+    server = bound_model_server(
+        args.http_host,
         http_port=args.http_port,
         enable_grpc=False,
         workers=1,

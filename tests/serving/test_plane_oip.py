@@ -5,6 +5,7 @@ and its revisions, and a revision that is gone failing only the requests routed 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -73,7 +74,7 @@ def test_server_health_and_metadata_are_answered_by_the_plane(champion_only, cli
     assert client.is_server_live() and client.is_server_ready()
     metadata = client.get_server_metadata()
     assert metadata["name"] == "shepherd-local-plane" and metadata["version"]
-    assert isinstance(metadata["extensions"], list)
+    assert metadata["extensions"] == ["binary_tensor_data"]
 
 
 def test_model_readiness_and_metadata_are_the_champions(champion_only, client, churn_spec):
@@ -117,11 +118,6 @@ def test_tritonclient_infer_equals_v1(champion_only, client, complete_rows, bina
     assert result.get_response()["model_version"] == "1"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="serving/predictor.py builds its InferResponse without the request's requested_outputs and "
-    "use_binary_outputs, so KServe answers JSON `data` whatever `binary_data` the client asks for",
-)
 def test_binary_outputs_come_back_binary_with_their_header(champion_only, client, complete_rows):
     metadata = client.get_model_metadata("churn")
     result = client.infer(
@@ -131,9 +127,45 @@ def test_binary_outputs_come_back_binary_with_their_header(champion_only, client
     )
     output = result.get_output("probability")
     assert "binary_data_size" in (output.get("parameters") or {})  # sent as raw bytes after the JSON header
+    assert result.get_output("label") is None  # only what was requested
     np.testing.assert_allclose(
         result.as_numpy("probability"), v1_probabilities(champion_only.url, complete_rows), atol=1e-6
     )
+
+    # Raw HTTP: the header that splits the answer reaches the client through the plane.
+    body, _ = triton.InferenceServerClient.generate_request_body(
+        triton_inputs(metadata, complete_rows[:2], False),
+        outputs=[triton.InferRequestedOutput("probability", binary_data=True)],
+    )
+    answered = httpx.post(f"{champion_only.url}/v2/models/churn/infer", content=body, timeout=30)
+    assert answered.status_code == 200, answered.text
+    header_size = int(answered.headers["inference-header-content-length"])
+    header = json.loads(answered.content[:header_size])
+    assert [o["name"] for o in header["outputs"]] == ["probability"]
+    assert len(answered.content) - header_size == header["outputs"][0]["parameters"]["binary_data_size"] == 2 * 4
+
+
+def listen_addresses(port: int) -> set[str]:
+    """The local addresses (hex, as /proc/net/tcp{,6} spells them) with a socket listening on `port`."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                address, hex_port = fields[1].rsplit(":", 1)
+                if fields[3] == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                    found.add(address)
+    return found
+
+
+def test_the_planes_model_servers_listen_on_loopback_only(plane, churn_spec):
+    applied = LocalBackend(plane.url).apply(
+        build_inference_service(churn_spec, "2", champion_version="1", canary_percent=10)
+    )
+    ports = [int(t["url"].rsplit(":", 1)[1]) for t in applied["status"]["components"]["predictor"]["traffic"]]
+    assert len(ports) == 2
+    for port in ports:
+        assert listen_addresses(port) == {"0100007F"}, port  # 127.0.0.1 only, nothing on 0.0.0.0 or ::
 
 
 def test_binary_request_headers_reach_the_predictor(champion_only, client, complete_rows):
@@ -145,7 +177,9 @@ def test_binary_request_headers_reach_the_predictor(champion_only, client, compl
     url = f"{champion_only.url}/v2/models/churn/infer"
     answered = httpx.post(url, content=body, headers={"inference-header-content-length": str(json_size)}, timeout=30)
     assert answered.status_code == 200, answered.text
-    assert answered.headers["content-type"].startswith("application/json")
+    # tritonclient asks for binary outputs when it names none (`binary_data_output`): a binary answer.
+    assert answered.headers["content-type"] == "application/octet-stream"
+    assert int(answered.headers["inference-header-content-length"]) < len(answered.content)
     without = httpx.post(url, content=body, timeout=30)  # read as JSON, which it is not
     assert without.status_code == 400 and set(without.json()) == {"error"}
 

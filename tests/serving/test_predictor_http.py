@@ -443,3 +443,177 @@ def test_v2_json_without_a_content_type_is_json(server, rows, churn_spec):
     response = server.post("/v2/models/churn/infer", content=json.dumps(_v2(churn_spec, rows)))
     assert "content-type" not in response.request.headers
     assert response.status_code == 200, response.text
+
+
+# -- requested outputs and the binary tensor extension ------------------------------------------------
+def _v2_all(churn_spec, rows, **extra) -> dict:
+    inputs = [
+        {
+            "name": f.name,
+            "shape": [len(rows)],
+            "datatype": "BYTES" if f.type == "category" else "FP64",
+            "data": [r[f.name] for r in rows],
+        }
+        for f in churn_spec.features
+    ]
+    return {"inputs": inputs, **extra}
+
+
+def _split_binary(response: httpx.Response) -> tuple[dict, dict[str, np.ndarray]]:
+    """An OIP binary answer -> its JSON header and each binary output decoded (FP32 raw, BYTES as
+    4-byte little-endian lengths each followed by the bytes)."""
+    json_size = int(response.headers["inference-header-content-length"])
+    header, raw = json.loads(response.content[:json_size]), response.content[json_size:]
+    decoded, at = {}, 0
+    for output in header["outputs"]:
+        size = (output.get("parameters") or {}).get("binary_data_size")
+        if size is None:
+            continue
+        chunk, at = raw[at : at + size], at + size
+        if output["datatype"] == "FP32":
+            decoded[output["name"]] = np.frombuffer(chunk, dtype="<f4")
+        else:
+            values, i = [], 0
+            while i < len(chunk):
+                n = int.from_bytes(chunk[i : i + 4], "little")
+                values.append(chunk[i + 4 : i + 4 + n].decode())
+                i += 4 + n
+            decoded[output["name"]] = np.array(values, dtype=object)
+    assert at == len(raw), "bytes left over after the declared binary outputs"
+    return header, decoded
+
+
+def test_v2_answers_only_the_requested_outputs(server, rows, expected, churn_spec):
+    body = _v2_all(churn_spec, rows, outputs=[{"name": "probability"}])
+    response = server.post("/v2/models/churn/infer", json=body)
+    assert response.status_code == 200, response.text
+    assert "inference-header-content-length" not in response.headers  # all JSON
+    outputs = response.json()["outputs"]
+    assert [o["name"] for o in outputs] == ["probability"]
+    np.testing.assert_allclose(outputs[0]["data"], expected, atol=1e-5)
+
+    body = _v2_all(churn_spec, rows, outputs=[{"name": "label"}])
+    outputs = server.post("/v2/models/churn/infer", json=body).json()["outputs"]
+    assert [(o["name"], o["data"]) for o in outputs] == [("label", ["Yes" if p >= 0.5 else "No" for p in expected])]
+
+
+def test_v2_binary_outputs_come_after_the_json_header(server, rows, expected, churn_spec):
+    labels = ["Yes" if p >= 0.5 else "No" for p in expected]
+    # Every output binary, asked for once for the whole request.
+    response = server.post(
+        "/v2/models/churn/infer", json=_v2_all(churn_spec, rows, parameters={"binary_data_output": True})
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/octet-stream"
+    header, decoded = _split_binary(response)
+    assert [o["name"] for o in header["outputs"]] == ["probability", "label"]
+    assert all("data" not in o for o in header["outputs"])
+    np.testing.assert_allclose(decoded["probability"], expected, atol=1e-5)
+    assert decoded["label"].tolist() == labels
+    # Per output: its own flag overrides the request's; an output without one follows the request's.
+    body = _v2_all(
+        churn_spec,
+        rows,
+        parameters={"binary_data_output": True},
+        outputs=[{"name": "label", "parameters": {"binary_data": False}}, {"name": "probability"}],
+    )
+    header, decoded = _split_binary(server.post("/v2/models/churn/infer", json=body))
+    assert [o["name"] for o in header["outputs"]] == ["label", "probability"]
+    assert header["outputs"][0]["data"] == labels and list(decoded) == ["probability"]
+    np.testing.assert_allclose(decoded["probability"], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        ({"outputs": [{"name": "score"}]}, "outputs[0].name: expected one of ['probability', 'label'], got 'score'"),
+        ({"outputs": [{"name": "label"}, {"name": "label"}]}, "outputs[label]: requested twice"),
+        (
+            {"outputs": [{"name": "label", "parameters": {"binary_data": "yes"}}]},
+            "outputs[label].parameters.binary_data: expected true or false, got 'yes'",
+        ),
+        ({"parameters": {"binary_data_output": 1}}, "parameters.binary_data_output: expected true or false, got '1'"),
+    ],
+    ids=["unknown output", "repeated output", "binary_data not a boolean", "binary_data_output not a boolean"],
+)
+def test_bad_output_requests_get_400_naming_the_field(server, rows, churn_spec, extra, expected):
+    response = server.post("/v2/models/churn/infer", json=_v2_all(churn_spec, rows[:1], **extra))
+    assert (response.status_code, response.json()) == (400, {"error": expected})
+
+
+# -- what only the operator changes --------------------------------------------------------------------
+def test_the_model_repository_api_is_refused_and_the_model_keeps_serving(server, rows):
+    for method, path in [
+        ("POST", "/v2/repository/models/churn/unload"),
+        ("POST", "/v2/repository/models/churn/load"),
+        ("POST", "/v2/repository/index"),
+        ("GET", "/v2/repository/models/churn/unload"),
+    ]:
+        response = server.request(method, path, json={})
+        assert response.status_code == 404, (method, path, response.text)
+        error = response.json()["error"]
+        assert set(response.json()) == {"error"} and error.startswith(f"path: {path} not found"), error
+        assert "model repository extension is disabled" in error
+    assert server.get("/v2/models/churn/ready").json() == {"name": "churn", "ready": True}
+    assert server.post("/v1/models/churn:predict", json={"instances": rows}).status_code == 200
+    metadata = server.get("/v2").json()
+    assert metadata["extensions"] == ["binary_tensor_data"] and metadata["name"] == "kserve"
+
+
+def listen_addresses(port: int) -> set[str]:
+    """The local addresses (hex, as /proc/net/tcp{,6} spells them) with a socket listening on `port`."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            for line in list(lines)[1:]:
+                local, state = line.split()[1], line.split()[3]
+                address, hex_port = local.rsplit(":", 1)
+                if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                    found.add(address)
+    return found
+
+
+def non_loopback_ipv4() -> str | None:
+    import subprocess
+
+    out = subprocess.run(["hostname", "-I"], capture_output=True, text=True, check=False).stdout.split()
+    return next((a for a in out if "." in a and not a.startswith("127.")), None)
+
+
+def test_a_predictor_told_http_host_listens_on_loopback_only(server):
+    port = server.base_url.port
+    assert listen_addresses(port) == {"0100007F"}  # 127.0.0.1, and nothing on 0.0.0.0 or ::
+    address = non_loopback_ipv4()
+    if address is None:
+        return  # no other address to try; the listener table above already says loopback only
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://{address}:{port}/v2/health/live", timeout=5)
+    assert server.get("/v2/health/live").status_code == 200
+
+
+def test_http_host_defaults_to_every_address_for_a_container(registered_churn, tmp_path):
+    """Without the flag (what the container image runs) KServe's 0.0.0.0 stays."""
+    import subprocess
+    import sys
+    import time
+
+    from serving.local_plane import free_port
+    from serving.predictor import predictor_command
+    from tests.conftest import REPO
+
+    port = free_port()
+    command = predictor_command("churn", "models:/churn@champion", registered_churn["tracking_uri"], port)
+    command = [c for c in command if not c.startswith("--http_host=")]
+    assert command[0] == sys.executable
+    with open(tmp_path / "predictor.log", "w") as log:
+        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not listen_addresses(port):
+            assert process.poll() is None, (tmp_path / "predictor.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "the predictor did not listen within 60 s"
+            time.sleep(0.2)
+        assert listen_addresses(port) == {"00000000"}
+    finally:
+        process.terminate()
+        process.wait(timeout=15)

@@ -299,6 +299,9 @@ def start_plane(home: Path, tracking_uri: str, port: int, wait_seconds: float = 
     running = PlaneProcess.find(home)
     if running is not None:
         return running
+    # A record left behind: the last plane of this home did not stop through `shepherd down` (crash, kill).
+    record = PlaneProcess.record(home)
+    crashed_pid = json.loads(record.read_text())["pid"] if record.exists() else None
     (home / "serving").mkdir(parents=True, exist_ok=True)
     log = open(home / "serving" / "plane.log", "a")  # noqa: SIM115 (owned by the child)
     process = subprocess.Popen(
@@ -330,12 +333,31 @@ def start_plane(home: Path, tracking_uri: str, port: int, wait_seconds: float = 
         try:
             if httpx.get(f"{plane.url}/healthz", timeout=1).status_code == 200:
                 PlaneProcess.record(home).write_text(json.dumps({"pid": plane.pid, "url": plane.url}))
+                if crashed_pid is not None:
+                    _record_recovery(plane, crashed_pid)
                 return plane
         except httpx.TransportError:
             pass
         time.sleep(0.3)
     process.terminate()
     raise ServingError(f"the local serving plane did not answer within {wait_seconds:.0f} s")
+
+
+def _record_recovery(plane: PlaneProcess, crashed_pid: int) -> None:
+    """A Warning event on every object the restarted plane restored, so `shepherd history` shows the
+    outage next to the rollout it interrupted."""
+    backend = LocalBackend(plane.url)
+    try:
+        for obj in backend.list():
+            annotations = obj["metadata"].get("annotations", {})
+            serving = f"v{annotations.get('shepherd.io/model-version', '?')}"
+            message = (
+                f"the local plane (pid {crashed_pid}) stopped without `shepherd down`; restarted, {serving} "
+                "restored with its traffic split and rollout state"
+            )
+            backend.record_event(obj, reason="PlaneRecovered", message=message, warning=True)
+    except ServingError as exc:  # the plane is up; a lost event must not fail `shepherd up`
+        print(f"warning: could not record the plane's recovery: {exc}", file=sys.stderr)
 
 
 def stop_plane(home: Path) -> bool:

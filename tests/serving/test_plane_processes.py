@@ -14,9 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from serving.backends import LocalBackend
+from serving.backends import LocalBackend, start_plane
 from serving.inference_service import build_inference_service
-from serving.local_plane import send_upstream
+from serving.local_plane import free_port, send_upstream
 from serving.traffic import instances
 from tests.support.plane_processes import (
     children_of,
@@ -91,6 +91,13 @@ def test_the_children_die_with_the_plane(registered_churn, tmp_path, churn_spec)
             for pid in children:
                 if not is_gone(pid):
                     os.kill(pid, signal.SIGKILL)
+        # `shepherd up` again: the model is served as before, and the outage is in its history.
+        restarted = start_plane(tmp_path, registered_churn["tracking_uri"], free_port())
+        backend = LocalBackend(restarted.url)
+        assert backend.get("models", "churn")["metadata"]["annotations"]["shepherd.io/model-version"] == "1"
+        (recovered,) = [e for e in backend.events("models", "churn") if e["reason"] == "PlaneRecovered"]
+        assert f"pid {parent}" in recovered["message"] and recovered["type"] == "Warning"
+        assert len(children_of(restarted.pid)) == 2  # one drift service, one predictor: no second set
 
 
 def test_a_dead_drift_service_is_reported_and_restarted(registered_churn, tmp_path):

@@ -1,6 +1,6 @@
 """The plane and its processes under faults: a replaced revision is stopped without stalling the plane,
-the children die with a SIGKILLed plane, and a connection a revision drops under a request is retried
-instead of failing the client."""
+the children die with a SIGKILLed plane (and listen on loopback only while they live), and a connection
+a revision drops under a request is retried instead of failing the client."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from tests.support.plane_processes import (
     children_of,
     has_pending_sigterm,
     is_gone,
+    listening_sockets,
     pid_serving,
     plane_pid,
     running_plane,
@@ -84,6 +85,9 @@ def test_the_children_die_with_the_plane(registered_churn, tmp_path, churn_spec)
         parent = plane_pid(tmp_path)
         children = children_of(parent)
         assert len(children) == 2, children  # the drift service and the champion's predictor
+        listeners = listening_sockets([parent, *children])
+        assert len(listeners) == 3, listeners  # the plane, the drift service, the predictor
+        assert {address for address, _ in listeners} == {"0100007F"}  # 127.0.0.1 only: nothing on 0.0.0.0 or ::
         os.kill(parent, signal.SIGKILL)
         try:
             wait_for(lambda: all(is_gone(pid) for pid in children), 15, "the children's exit")

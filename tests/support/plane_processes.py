@@ -105,3 +105,26 @@ def has_pending_sigterm(pid: int) -> bool:
         fields = dict(line.split(":", 1) for line in handle if ":" in line)
     pending = int(fields["ShdPnd"].strip(), 16) | int(fields["SigPnd"].strip(), 16)
     return bool(pending & (1 << (15 - 1)))
+
+
+def listening_sockets(pids: list[int]) -> set[tuple[str, int]]:
+    """(local address as /proc/net/tcp{,6} spells it, port) of every listening TCP socket the processes
+    `pids` hold, as `ss -ltnp` would list them."""
+    inodes = set()
+    for pid in pids:
+        fd_dir = f"/proc/{pid}/fd"
+        for fd in os.listdir(fd_dir):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"{fd_dir}/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[len("socket:[") : -1])
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state == "0A" and inode in inodes:  # 0A: LISTEN
+                    address, port = local.rsplit(":", 1)
+                    found.add((address, int(port, 16)))
+    return found

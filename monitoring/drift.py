@@ -50,7 +50,8 @@ import pandas as pd
 
 # Module level: FastAPI resolves the handlers' (string) annotations in this module's globals.
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse
+from fastapi.responses import JSONResponse as _JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from monitoring.metrics import (
@@ -74,6 +75,15 @@ from monitoring.payload_log import (
 )
 
 logger = logging.getLogger("shepherd.drift")
+
+
+class JSONResponse(_JSONResponse):
+    """JSON with non-ASCII escaped: an error that quotes a client's text (a lone surrogate, say) is still
+    encodable, where Starlette's UTF-8 rendering would answer a 500 and lose the batch."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode()
+
 
 PREDICTION_COLUMN = "prediction"
 METHOD = "psi"
@@ -208,7 +218,7 @@ def _decode(data: bytes, kind: str, header_length, model: str) -> object:
     if header_length is None:
         try:
             return json.loads(data)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than json can parse
             raise BadEvent(f"body: not JSON ({exc})") from exc
     from kserve.protocol.infer_type import InferRequest, InferResponse
 
@@ -268,18 +278,46 @@ def rows_from_request(body: object) -> list[dict]:
         instances = body["instances"]
         if not isinstance(instances, list) or not all(isinstance(r, dict) for r in instances):
             raise BadEvent("body.instances: expected a list of objects (one per row)")
-        return [dict(r) for r in instances]
+        return _scalar_rows([dict(r) for r in instances], "body.instances")
     if "inputs" in body:
         inputs = body["inputs"]
-        if not isinstance(inputs, list) or not all(isinstance(i, dict) and "name" in i for i in inputs):
-            raise BadEvent("body.inputs: expected a list of named tensors")
-        columns = {i["name"]: list(i.get("data") or []) for i in inputs}
+        if not isinstance(inputs, list) or not all(
+            isinstance(i, dict) and isinstance(i.get("name"), str) for i in inputs
+        ):
+            raise BadEvent("body.inputs: expected a list of tensors, each with a string name")
+        columns = {i["name"]: _tensor_data(i) for i in inputs}
         lengths = {len(v) for v in columns.values()}
         if len(lengths) > 1:
             raise BadEvent(f"body.inputs: tensors of different lengths {sorted(lengths)}")
         n = lengths.pop() if lengths else 0
-        return [{name: values[i] for name, values in columns.items()} for i in range(n)]
+        return _scalar_rows([{name: values[i] for name, values in columns.items()} for i in range(n)], "body.inputs")
     raise BadEvent("body: neither 'instances' (V1) nor 'inputs' (V2)")
+
+
+SCALAR_TYPES = (str, int, float, bool, type(None))
+
+
+def _tensor_data(tensor: dict) -> list:
+    """A V2 tensor's values, flat: `[[v], [v], ...]` (shape [n, 1] sent row by row) is flattened as the
+    predictor flattens it."""
+    data = tensor.get("data")
+    if data is None:
+        return []
+    if not isinstance(data, list):
+        raise BadEvent(f"body.inputs[{tensor['name']}].data: expected a list, got {type(data).__name__}")
+    if data and all(isinstance(v, list) and len(v) == 1 for v in data):
+        return [v[0] for v in data]
+    return data
+
+
+def _scalar_rows(rows: list[dict], where: str) -> list[dict]:
+    """`rows`, refused unless every value is a number, a string or null: a window column holding a list
+    or an object would break every drift computation over it until the row left the window."""
+    for j, row in enumerate(rows):
+        for name, value in row.items():
+            if not isinstance(value, SCALAR_TYPES):
+                raise BadEvent(f"{where}[{j}].{name}: expected a number, a string or null, got {type(value).__name__}")
+    return rows
 
 
 def scores_from_response(body: object) -> list[float]:
@@ -430,7 +468,7 @@ class DriftService:
         does not keep the others out."""
         try:
             events = json.loads(body)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than json can parse
             raise BadEvent(f"body: not JSON ({exc})") from exc
         if not isinstance(events, list):
             raise BadEvent("body: expected a JSON array of CloudEvents (batch mode)")
@@ -440,6 +478,9 @@ class DriftService:
                 rows += self.ingest_structured(event, f"events[{index}].")
             except (BadEvent, LookupError) as exc:
                 invalid.append({"index": index, "error": str(exc)})
+            except Exception as exc:  # a bug of ours on one event must not lose the rest of the batch
+                logger.exception("ingesting events[%d] failed", index)
+                invalid.append({"index": index, "error": f"events[{index}]: not ingested ({type(exc).__name__})"})
         return {"events": len(events), "rows": rows, "invalid": invalid}
 
     def _counted(self, take) -> int:
@@ -620,7 +661,7 @@ def create_app(service: DriftService, compute_interval: float = 5.0) -> FastAPI:
             if content_type == STRUCTURED_CONTENT_TYPE:
                 try:
                     event = json.loads(body)
-                except ValueError as exc:
+                except (ValueError, RecursionError) as exc:
                     raise BadEvent(f"body: not JSON ({exc})") from exc
                 rows = await asyncio.to_thread(service.ingest_structured, event)
             else:

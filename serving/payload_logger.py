@@ -81,21 +81,30 @@ class PayloadEvent:
         headers["content-type"] = self.content_type
         return headers, self.body.data
 
-    def structured(self) -> dict:
-        """The JSON event format: `data` for a JSON payload, `data_base64` for anything else."""
+    def structured(self, as_json: bool = True) -> dict:
+        """The JSON event format: `data` for a JSON payload (unless `as_json` is False), `data_base64` for
+        anything else."""
         event = {**self.attributes, "datacontenttype": self.content_type}
-        if self.body.json_length is None:
+        if as_json and self.body.json_length is None:
             try:
                 event["data"] = json.loads(self.body.data)
                 return event
-            except ValueError:  # a client's malformed body is logged too
+            except (ValueError, RecursionError):  # a client's malformed (or absurdly nested) body is logged too
                 pass
         event["data_base64"] = base64.b64encode(self.body.data).decode()
         return event
 
 
 def encode_batch(events: list[PayloadEvent]) -> bytes:
-    return json.dumps([e.structured() for e in events], separators=(",", ":")).encode()
+    """A JSON array of structured events. Each is encoded on its own: a body nested too deeply to encode
+    again goes as `data_base64` instead of failing the whole batch (other clients' events)."""
+    encoded = []
+    for event in events:
+        try:
+            encoded.append(json.dumps(event.structured(), separators=(",", ":")))
+        except (ValueError, RecursionError):
+            encoded.append(json.dumps(event.structured(as_json=False), separators=(",", ":")))
+    return ("[" + ",".join(encoded) + "]").encode()
 
 
 def inference_events(

@@ -319,3 +319,46 @@ def test_binary_tensor_bodies_are_decoded_with_kserves_parser(service, traffic, 
     window = drift.windows[("churn", "champion")].frame()
     assert list(window["contract"]) == [r["contract"] for r in rows[:3]]
     np.testing.assert_allclose(window["prediction"], np.asarray(scores[:3], dtype=np.float32))
+
+
+def test_whatever_a_client_sent_a_bad_request_event_never_costs_the_batch_or_a_window(service, traffic):
+    """Found by fuzzing through the plane: tensors named by a list, data that is a number, nesting deeper
+    than json parses, values that are lists. Each is refused by index; the good events around them, and
+    [n, 1] data sent as one-element rows (which the predictor answers 200), land as scalar rows."""
+    drift, client = service
+    rows, scores = traffic["same"]
+    before = len(drift.windows[("churn", "champion")].rows) if ("churn", "champion") in drift.windows else 0
+    tenure = [{"name": "tenure", "shape": [1, 1], "datatype": "FP32", "data": [[float(rows[0]["tenure"])]]}]
+    bad_bodies = [
+        {"inputs": [{"name": ["tenure"], "shape": [1], "datatype": "FP32", "data": [1.0]}]},
+        {"inputs": [{"name": {"a": 1}, "shape": [1], "datatype": "FP32", "data": [1.0]}]},
+        {"inputs": [{"name": "tenure", "shape": [1], "datatype": "FP32", "data": 1.0}]},
+        {"instances": [{**rows[0], "contract": ["Month-to-month"]}]},
+    ]
+    events = [_structured(REQUEST_EVENT, f"bad{i}", body) for i, body in enumerate(bad_bodies)]
+    events.append(_structured(REQUEST_EVENT, "nested", {"inputs": tenure}))
+    events.append(_structured(RESPONSE_EVENT, "nested", {"predictions": [float(scores[0])]}, status=200))
+    deep = {**_structured(REQUEST_EVENT, "deep", {}), "data_base64": None}
+    deep.pop("data")
+    events.append(deep)  # no data at all
+    answer = _batch(client, events)
+    assert [i["index"] for i in answer["invalid"]] == [0, 1, 2, 3, 6], answer
+    assert "body.inputs" in answer["invalid"][0]["error"] and ".data: expected a list" in answer["invalid"][2]["error"]
+    assert "body.instances[0].contract: expected a number, a string or null" in answer["invalid"][3]["error"]
+    assert answer["rows"] == 1
+    window = drift.windows[("churn", "champion")].rows
+    assert len(window) == before + 1 and window[-1]["tenure"] == float(rows[0]["tenure"])  # flattened
+
+    too_deep = b"[" * 100_000 + b"]" * 100_000  # deeper than json can parse: a 400, not a 500
+    binary = client.post("/", content=too_deep, headers=_headers(REQUEST_EVENT, "deep", "champion", "1"))
+    assert binary.status_code == 400 and binary.json()["error"].startswith("body: not JSON")
+
+
+def test_an_error_quoting_a_lone_surrogate_is_still_answered(service):
+    """A client's text in an error message (here a feature name with a lone surrogate) must not turn the
+    answer into a 500 that loses the batch."""
+    _drift, client = service
+    # json.dumps escapes it; the service decodes the lone surrogate back and names the field with it.
+    event = _structured(REQUEST_EVENT, "s", {"instances": [{"x\udfff": [1]}]})
+    answer = _batch(client, [event])
+    assert answer["invalid"][0]["index"] == 0 and "body.instances[0].x" in answer["invalid"][0]["error"]

@@ -112,9 +112,17 @@ def test_a_dead_drift_service_is_reported_and_restarted(registered_churn, tmp_pa
         (drift,) = children_of(plane_pid(tmp_path))  # no deployment yet: the drift service is the only child
         os.kill(drift, signal.SIGKILL)
         wait_for(lambda: is_gone(drift), 5, "the drift service's death")
-        down = http.get("/healthz")
-        assert down.status_code == 200  # the plane itself answers: `shepherd up` must not start a second one
-        assert down.json()["status"] == "degraded" and down.json()["drift"]["up"] is False
+        seen = []  # /healthz until it reports the death or the restart (the plane checks every 2 s)
+
+        def reported() -> bool:
+            seen.append(http.get("/healthz"))
+            assert seen[-1].status_code == 200  # the plane itself answers: `shepherd up` must not start another
+            body = seen[-1].json()
+            return body["status"] == "degraded" or body["drift"]["restarts"] > 0
+
+        wait_for(reported, 90, "the drift service's death in /healthz")
+        down = seen[-1].json()
+        assert down["status"] == "degraded" and down["drift"]["up"] is False, [r.json() for r in seen]
         wait_for(lambda: http.get("/healthz").json()["status"] == "ok", 90, "the drift service's restart")
         health = http.get("/healthz").json()
         assert health["drift"] == {"url": f"{plane.url}/drift/", "up": True, "restarts": 1}

@@ -10,13 +10,10 @@ import threading
 import time
 
 import pytest
-import yaml
 from prometheus_client import CollectorRegistry
 
 from components import registry
-from components.spec import parse_spec
 from monitoring.metrics import ROLLOUT_GATE_VERDICT
-from pipelines.direct import train_and_register
 from serving.backends import LocalBackend
 from serving.inference_service import build_inference_service
 from serving.predictor import ENV_FAULT_ERROR_RATE
@@ -25,26 +22,20 @@ from serving.rollout.loop import reconcile_once
 from serving.rollout.machine import Action
 from serving.traffic import instances, send
 from tests.support.plane_processes import children_of, plane_pid, running_plane
+from tests.support.rollouts import champion_and_challenger, fast_rollout_spec
 
 INTERVAL_SECONDS = 1
 
 
 @pytest.fixture(scope="module")
 def fast_spec(churn_spec):
-    data = yaml.safe_load(churn_spec.to_yaml())
-    data["deployment"].update(canary_steps=[10, 50, 100], interval_seconds=INTERVAL_SECONDS, min_requests=10)
-    return parse_spec(yaml.safe_dump(data))
+    return fast_rollout_spec(churn_spec, min_requests=10)
 
 
 @pytest.fixture(scope="module")
 def registry_with_challenger(tmp_path_factory, fast_spec, churn_frame):
     home = tmp_path_factory.mktemp("faults")
-    uri = f"sqlite:///{home / 'mlflow.db'}"
-    assert train_and_register(fast_spec, churn_frame, uri, home).alias == "champion"
-    data = yaml.safe_load(fast_spec.to_yaml())
-    data["training"]["params"]["C"] = 0.5
-    assert train_and_register(parse_spec(yaml.safe_dump(data)), churn_frame, uri, home, "v2").alias == "challenger"
-    return home, uri
+    return home, champion_and_challenger(fast_spec, churn_frame, home)
 
 
 def _drift_services(plane: int) -> list[int]:

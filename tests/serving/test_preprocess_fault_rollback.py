@@ -9,11 +9,8 @@ import time
 
 import httpx
 import pytest
-import yaml
 
 from components import registry
-from components.spec import parse_spec
-from pipelines.direct import train_and_register
 from serving.backends import LocalBackend
 from serving.inference_service import build_inference_service
 from serving.predictor import ENV_FAULT_ERROR_RATE, ENV_FAULT_STAGE
@@ -21,26 +18,22 @@ from serving.rollout.loop import reconcile_once
 from serving.rollout.machine import Action
 from serving.traffic import instances, send
 from tests.support.plane_processes import running_plane
+from tests.support.rollouts import champion_and_challenger, fast_rollout_spec
 
 
 @pytest.fixture(scope="module")
 def fast_spec(churn_spec):
-    data = yaml.safe_load(churn_spec.to_yaml())
-    data["deployment"].update(canary_steps=[10, 50, 100], interval_seconds=1, min_requests=20)
     # Only the error-rate gate decides here; the latency gate is loose on a shared machine (see
     # tests/serving/test_rollout_loop.py).
-    data["deployment"]["gates"] = {"error_rate": {"max": 0.01}, "latency_p99_ratio": {"max": 5.0}}
-    return parse_spec(yaml.safe_dump(data))
+    return fast_rollout_spec(
+        churn_spec, gates={"error_rate": {"max": 0.01}, "latency_p99_ratio": {"max": 5.0}}, min_requests=20
+    )
 
 
 @pytest.fixture(scope="module")
 def rollout_env(tmp_path_factory, fast_spec, churn_frame):
     home = tmp_path_factory.mktemp("preprocess-fault")
-    uri = f"sqlite:///{home / 'mlflow.db'}"
-    assert train_and_register(fast_spec, churn_frame, uri, home).alias == "champion"
-    data = yaml.safe_load(fast_spec.to_yaml())
-    data["training"]["params"]["C"] = 0.5
-    assert train_and_register(parse_spec(yaml.safe_dump(data)), churn_frame, uri, home, "v2").alias == "challenger"
+    uri = champion_and_challenger(fast_spec, churn_frame, home)
     with running_plane(home, uri) as plane:
         yield {"uri": uri, "plane": plane, "home": home}
 

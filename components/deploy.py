@@ -59,13 +59,21 @@ def apply_deployment(backend, obj: dict, tracking_uri: str) -> dict:
     (`shepherd history`) and the `shepherd.rollout` tag on the replaced version. The newest challenger
     wins, as in Flagger: its rollout starts again from the first step."""
     from components import registry
+    from serving.backends import retry_on_conflict
     from serving.inference_service import ANNOTATION_VERSION
     from serving.rollout.loop import TAG_ROLLOUT
 
     meta = obj["metadata"]
     new_version = meta["annotations"][ANNOTATION_VERSION]
-    replaced = canary_in_flight(backend.get(meta["namespace"], meta["name"]), new_version)
-    applied = backend.apply(obj)
+
+    def replace_what_was_read() -> tuple[dict, tuple[str, int] | None]:
+        # Written over the version read here, so the canary reported as superseded is the one replaced.
+        current = backend.get(meta["namespace"], meta["name"])
+        version = current["metadata"].get("resourceVersion") if current else None
+        written = backend.apply({**obj, "metadata": {**meta, "resourceVersion": version}})
+        return written, canary_in_flight(current, new_version)
+
+    applied, replaced = retry_on_conflict(replace_what_was_read)
     if replaced is not None:
         old_version, percent = replaced
         message = f"v{old_version} (canary at {percent} %) superseded by v{new_version} before its rollout finished"

@@ -45,6 +45,10 @@ DRIFT_REFERENCES = ("training", "champion")
 # carries every running revision's series, each with a `revision` label added.
 PLANE_REQUESTS_TOTAL = "shepherd_plane_requests_total"  # {model, role, outcome}: requests the router answered
 PLANE_REVISION_UP = "shepherd_plane_revision_up"  # {revision}: 1 if the revision's /metrics answered this scrape
+# {model, version, role}: prediction requests no revision answered (its process was gone or silent), so the
+# plane answered 503/504 itself. The rollout's error-rate gate counts them against that revision.
+PLANE_UNAVAILABLE_TOTAL = "shepherd_plane_unavailable_total"
+PLANE_RESTARTS_TOTAL = "shepherd_plane_restarts_total"  # {component}: a revision or `drift` the plane restarted
 # Payload-log CloudEvents the plane did not deliver, by `reason`: `queue_full` (dropped at once: logging
 # never slows a prediction) or `undelivered` (the logger URL refused or did not answer).
 PLANE_PAYLOAD_EVENTS_DROPPED_TOTAL = "shepherd_plane_payload_events_dropped_total"
@@ -56,6 +60,8 @@ ROLLOUT_CANARY_PERCENT = "shepherd_rollout_canary_percent"  # {model}
 ROLLOUT_PHASE = "shepherd_rollout_phase"  # {model, phase}: 1 for the current phase, 0 otherwise
 ROLLOUT_GATE_VERDICT = "shepherd_rollout_gate_verdict"  # {model, gate, verdict}: 1 for the last verdict
 ROLLOUT_TRANSITIONS_TOTAL = "shepherd_rollout_transitions_total"  # {model, action}: step|promote|rollback|...
+ROLLOUT_BACKEND_UP = "shepherd_rollout_backend_up"  # 1 if the controller's last call to the serving backend worked
+ROLLOUT_BACKEND_FAILURES_TOTAL = "shepherd_rollout_backend_failures_total"  # reconcile passes the backend refused
 
 # Alerts (monitoring/rules.py) carry `shepherd_action`, which the webhook (monitoring/webhook.py) acts on.
 ALERT_ACTION_LABEL = "shepherd_action"

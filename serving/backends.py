@@ -73,6 +73,7 @@ class LocalBackend:
         self.timeout = timeout
         self.token = token  # None: SHEPHERD_PLANE_TOKEN, or the one the plane keeps for its user
         self.drift_metrics_url = f"{self.url}/drift/metrics"  # the plane's drift service
+        self.router_metrics_url = f"{self.url}/router/metrics"  # what the plane answered for each revision
 
     def _call(self, method: str, path: str, body: dict | None = None):
         import httpx
@@ -95,7 +96,25 @@ class LocalBackend:
         return response
 
     def apply(self, obj: dict) -> dict:
+        """Create, or replace, the object. One carrying `metadata.resourceVersion` (a decision made from
+        what was read) is written only over that version (`ConflictError` otherwise); one without is
+        written over the version read just before (as `KubernetesBackend` and `kubectl apply` do),
+        again if a concurrent write came in between."""
+        if obj["metadata"].get("resourceVersion"):
+            return self._put(obj)
+
+        def over_current() -> dict:
+            current = self.get(obj["metadata"]["namespace"], obj["metadata"]["name"])
+            version = current["metadata"].get("resourceVersion") if current else None
+            return self._put({**obj, "metadata": {**obj["metadata"], "resourceVersion": version}})
+
+        return retry_on_conflict(over_current)
+
+    def _put(self, obj: dict) -> dict:
         meta = obj["metadata"]
+        if not meta.get("resourceVersion"):
+            meta = {k: v for k, v in meta.items() if k != "resourceVersion"}
+            obj = {**obj, "metadata": meta}
         response = self._call("PUT", f"{API}/namespaces/{meta['namespace']}/inferenceservices/{meta['name']}", obj)
         if response.status_code == 409:
             raise ConflictError(response.json().get("error", response.text))

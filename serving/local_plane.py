@@ -20,12 +20,18 @@ Inference (V1 and Open Inference Protocol):
   is in the `x-shepherd-revision` and `x-shepherd-role` response headers.
   A revision whose connection drops under a request (a keep-alive connection it closed) is asked once
   more (inference is idempotent), then its successor if it was just replaced; only a revision that is
-  really gone answers 503, and only to the requests routed to it.
+  really gone answers 503, and only to the requests routed to it (counted in
+  `shepherd_plane_unavailable_total{model,version,role}`, which the rollout's error-rate gate adds to
+  that revision's errors).
 
 Metrics: `GET /metrics` serves the plane's own series (`shepherd_plane_*`: requests by model, role and
 outcome; payload-log events delivered and dropped) and every running revision's, scraped at that moment,
-each labelled `revision` (`monitoring/metrics.py` names them). `GET /sd/predictors` lists the running
-revisions for Prometheus' HTTP service discovery.
+each labelled `revision` (`monitoring/metrics.py` names them); `GET /router/metrics` the plane's own
+series alone. `GET /sd/predictors` lists the running revisions for Prometheus' HTTP service discovery.
+
+Supervision: like a kubelet, the plane restarts its drift service and any revision whose process exited
+(same port; a `RevisionRestarted` Warning event; `shepherd_plane_restarts_total{component}`), and
+`/healthz` says `degraded` while one is down.
 
 Payload logs: when the object names a logger (`spec.predictor.logger.url`), each prediction's request and
 response are logged as CloudEvents in KServe's logger format, every status included (the response carries
@@ -35,6 +41,8 @@ plane's own drift service and in KServe's binary mode to any other URL (`serving
 
 Admin API (what the `local` ServingBackend and `shepherd status` use):
   PUT  /apis/serving.kserve.io/v1beta1/namespaces/<ns>/inferenceservices/<name>   apply an object
+       (replacing one needs the `metadata.resourceVersion` it was read at, else 409; `?force=true`
+       replaces blindly)
   GET  /apis/serving.kserve.io/v1beta1/namespaces/<ns>/inferenceservices/<name>   object + status
   GET  /apis/serving.kserve.io/v1beta1/inferenceservices                          every object
   POST .../inferenceservices/<name>/events   GET .../events                     the object's history
@@ -84,7 +92,7 @@ logger = logging.getLogger("shepherd.plane")
 
 API = "/apis/serving.kserve.io/v1beta1"
 READY_TIMEOUT_SECONDS = 120
-SUPERVISE_SECONDS = 2.0  # how often the plane checks that its drift service still runs
+SUPERVISE_SECONDS = 1.0  # how often the plane checks that its drift service and revisions still run
 UPSTREAM_TIMEOUT_SECONDS = 30
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -104,6 +112,11 @@ class Revision:
     port: int
     process: subprocess.Popen | None = None
     env: dict[str, str] = field(default_factory=dict)  # the container's SHEPHERD_* settings
+    restarting: bool = False  # its process exited and a new one is not ready yet
+
+    @property
+    def up(self) -> bool:
+        return self.process is not None and self.process.poll() is None and not self.restarting
 
     @property
     def url(self) -> str:
@@ -197,6 +210,7 @@ class Plane:
         self.lock = asyncio.Lock()
         self.drift: Revision | None = None  # the drift service child process
         self.drift_restarts = 0
+        self.metrics = PlaneMetrics.create()
 
     async def start_drift_service(self, client) -> None:
         port = free_port()
@@ -216,25 +230,63 @@ class Plane:
         raise RuntimeError(f"the drift service did not answer within {READY_TIMEOUT_SECONDS} s")
 
     async def supervise(self, client, every_seconds: float = SUPERVISE_SECONDS) -> None:
-        """Restart the drift service whenever it has exited (as a kubelet restarts a container), so a
-        crash costs the drift gates one restart, not the rest of the plane's life. Runs until cancelled."""
+        """Restart the drift service and any revision whose process has exited (as a kubelet restarts a
+        container), so a crash costs one restart, not the rest of the plane's life. A restarted revision
+        keeps its port (its URL in the status stays valid) and is a Warning event in `shepherd history`.
+        Runs until cancelled."""
         while True:
             await asyncio.sleep(every_seconds)
+            await self._restart_dead_revisions(client)
             if self.drift is None or self.drift.process.poll() is None:
                 continue
             code = self.drift.process.returncode
             self.drift_restarts += 1
+            self.metrics.restarts.labels(component="drift").inc()
             logger.error("the drift service exited (code %s); restarting it (restart %d)", code, self.drift_restarts)
             try:
                 await self.start_drift_service(client)
             except RuntimeError as exc:  # tried again at the next tick
                 logger.error("restarting the drift service failed: %s", exc)
 
+    async def _restart_dead_revisions(self, client) -> None:
+        async with self.lock:  # not while `apply` replaces revisions: it starts what it needs itself
+            for key, deployment in self.deployments.items():
+                for revision in (deployment.champion, deployment.canary):
+                    if revision is None or revision.process is None or revision.process.poll() is None:
+                        continue
+                    code = revision.process.returncode
+                    self.metrics.restarts.labels(component=revision.name).inc()
+                    logger.error("revision %s exited (code %s); restarting it", revision.name, code)
+                    namespace, name = key.split("/", 1)
+                    self.record_event(
+                        namespace,
+                        name,
+                        "RevisionRestarted",
+                        f"the {revision.role} {revision.name} exited (code {code}); the plane restarted it. "
+                        "Requests it could not answer meanwhile got a 503 and count as its errors",
+                        "Warning",
+                    )
+                    revision.restarting = True
+                    self._spawn(revision)
+                    try:
+                        await self._wait_ready(revision, client)
+                        revision.restarting = False
+                    except RuntimeError as exc:  # tried again at the next tick
+                        logger.error("restarting %s failed: %s", revision.name, exc)
+
+    def record_event(self, namespace: str, name: str, reason: str, message: str, kind: str = "Normal") -> dict:
+        """Append an event to the object's history (`shepherd history`), as Kubernetes Events do."""
+        entry = {"time": time.time(), "namespace": namespace, "name": name, "reason": reason, "message": message}
+        entry["type"] = kind
+        with open(self.dir / "events.jsonl", "a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+        return entry
+
     def health(self) -> dict:
         """What `/healthz` reports: each part of the plane, and `degraded` when one is down."""
         drift_up = self.drift is not None and self.drift.process.poll() is None
         revisions = {
-            r.name: r.process is not None and r.process.poll() is None
+            r.name: r.up
             for d in self.deployments.values()
             for r in (d.champion, d.canary)
             if r is not None
@@ -282,15 +334,20 @@ class Plane:
     # -- revisions ----------------------------------------------------------------------------
     def _start(self, isvc: str, model_uri: str, version: str, role: str, env: dict[str, str]) -> Revision:
         revision = Revision(f"{isvc}-v{version}", model_uri, version, role, free_port(), env=env)
+        self._spawn(revision)
+        return revision
+
+    def _spawn(self, revision: Revision) -> None:
+        """Start (or restart) the revision's predictor process on its port."""
         from serving.predictor import LOOPBACK, predictor_command
 
+        isvc = revision.name.rsplit("-v", 1)[0]
         revision.process = children.spawn(  # on loopback: only this machine's plane talks to a revision
-            predictor_command(isvc, model_uri, self.tracking_uri, revision.port, role, host=LOOPBACK),
+            predictor_command(isvc, revision.model_uri, self.tracking_uri, revision.port, revision.role, host=LOOPBACK),
             self.dir / "logs" / f"{revision.name}.log",
             REPO_ROOT,
-            env={**os.environ, **env},
+            env={**os.environ, **revision.env},
         )
-        return revision
 
     async def _wait_ready(self, revision: Revision, client) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
@@ -312,12 +369,14 @@ class Plane:
         if revision is not None:
             await children.stop(revision.process)
 
-    async def apply(self, obj: dict, restoring: bool = False) -> Deployment:
+    async def apply(self, obj: dict, restoring: bool = False, force: bool = False) -> Deployment:
         """Create or update a deployment, reusing revisions that serve the same model URI.
 
         Like the API server, every write gets a new `metadata.resourceVersion`, and an object that
         carries one is written only over that version (`StaleWrite` otherwise): the rollout loop and
-        the webhook decide from what they read, and neither may undo the other's write."""
+        the webhook decide from what they read, and neither may undo the other's write. Replacing an
+        existing object needs the version it was read at, as the API server requires for custom
+        resources, unless `force` (a blind replace, for an operator who means it)."""
         import httpx
 
         meta = obj["metadata"]
@@ -328,7 +387,12 @@ class Plane:
             if not restoring:
                 current_version = current.obj["metadata"].get("resourceVersion", "0") if current else "0"
                 read_version = meta.get("resourceVersion")
-                if read_version and read_version != current_version:
+                if current is not None and not read_version and not force:
+                    raise StaleWrite(
+                        f"metadata.resourceVersion: required to replace inferenceservice {key} (now at "
+                        f"{current_version}): read it and write over that version, or force a blind replace"
+                    )
+                if read_version and read_version != current_version and not force:
                     raise StaleWrite(
                         f"inferenceservice {key} changed since it was read (resourceVersion {read_version}, "
                         f"now {current_version}); read it again"
@@ -413,7 +477,7 @@ class Plane:
         previous = [e for e in deployment.events if e["champion"] != champion.version]
         if previous:
             predictor["previousRolledoutRevision"] = f"{name}-v{previous[-1]['champion']}"
-        ready = all(r.process is not None and r.process.poll() is None for r in (champion, canary) if r)
+        ready = all(r.up for r in (champion, canary) if r)
         status = {
             "url": url,
             "deploymentMode": obj["metadata"].get("annotations", {}).get("serving.kserve.io/deploymentMode"),
@@ -490,7 +554,7 @@ def create_app(plane: Plane, payload_queue_size: int = DEFAULT_QUEUE_SIZE, token
         )
 
     client = httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT_SECONDS)
-    metrics = PlaneMetrics.create()
+    metrics = plane.metrics
     payload_logger = PayloadLogger(metrics.registry, payload_queue_size, plane.drift_batch_target)
 
     @contextlib.asynccontextmanager
@@ -566,7 +630,7 @@ def create_app(plane: Plane, payload_queue_size: int = DEFAULT_QUEUE_SIZE, token
             status, content = upstream.status_code, upstream.content
             answer = {k: v for k, v in upstream.headers.items() if k in FORWARDED_RESPONSE_HEADERS}
         if predicting:
-            metrics.count(name, role, status)
+            metrics.count(name, revision.version, role, status, answered=not isinstance(upstream, Response))
             _log_payload(deployment, revision, body, headers, status, content, answer)
         answer.update({"x-shepherd-revision": revision.name, "x-shepherd-role": revision.role})
         return Response(content, status_code=status, headers=answer)
@@ -664,6 +728,13 @@ def create_app(plane: Plane, payload_queue_size: int = DEFAULT_QUEUE_SIZE, token
     async def model_version_ready(name: str, version: str, request: Request) -> Response:
         return await _proxy(name, f"/v2/models/{name}/ready", request, version)
 
+    @app.get("/router/metrics")
+    async def router_metrics() -> Response:
+        """The plane's own series only: what its router answered for each revision."""
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(metrics.router_exposition(), media_type=CONTENT_TYPE_LATEST)
+
     @app.get("/metrics")
     async def plane_metrics() -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST
@@ -706,7 +777,7 @@ def create_app(plane: Plane, payload_queue_size: int = DEFAULT_QUEUE_SIZE, token
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             return JSONResponse({"error": f"invalid InferenceService: {exc}"}, status_code=400)
         try:
-            deployment = await plane.apply(obj)
+            deployment = await plane.apply(obj, force=request.query_params.get("force") == "true")
         except StaleWrite as exc:
             return JSONResponse({"error": str(exc)}, status_code=409)
         except RuntimeError as exc:
@@ -724,14 +795,7 @@ def create_app(plane: Plane, payload_queue_size: int = DEFAULT_QUEUE_SIZE, token
                 raise ValueError(f"{', '.join(missing)}: required strings")
         except ValueError as exc:
             return JSONResponse({"error": f"invalid event: {exc}"}, status_code=400)
-        entry = {
-            "time": time.time(),
-            "namespace": namespace,
-            "name": name,
-            **{k: event[k] for k in ("reason", "message", "type")},
-        }
-        with open(plane.dir / "events.jsonl", "a") as handle:
-            handle.write(json.dumps(entry) + "\n")
+        entry = plane.record_event(namespace, name, event["reason"], event["message"], event["type"])
         return JSONResponse(entry, status_code=201)
 
     @app.get(API + "/namespaces/{namespace}/inferenceservices/{name}/events")

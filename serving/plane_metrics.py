@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from monitoring.metrics import PLANE_REQUESTS_TOTAL, PLANE_REVISION_UP
+from monitoring.metrics import PLANE_REQUESTS_TOTAL, PLANE_RESTARTS_TOTAL, PLANE_REVISION_UP, PLANE_UNAVAILABLE_TOTAL
 
 logger = logging.getLogger("shepherd.plane.metrics")
 
@@ -38,6 +38,8 @@ class PlaneMetrics:
 
     registry: CollectorRegistry
     requests: Counter
+    unavailable: Counter
+    restarts: Counter
 
     @classmethod
     def create(cls) -> PlaneMetrics:
@@ -49,10 +51,29 @@ class PlaneMetrics:
             ["model", "role", "outcome"],
             registry=registry,
         )
-        return cls(registry, requests)
+        unavailable = Counter(
+            PLANE_UNAVAILABLE_TOTAL.removesuffix("_total"),
+            "Prediction requests no revision answered (gone or silent): the plane answered 503/504 itself.",
+            ["model", "version", "role"],
+            registry=registry,
+        )
+        restarts = Counter(
+            PLANE_RESTARTS_TOTAL.removesuffix("_total"),
+            "Processes the plane restarted after they exited: a revision (by name) or the drift service.",
+            ["component"],
+            registry=registry,
+        )
+        return cls(registry, requests, unavailable, restarts)
 
-    def count(self, model: str, role: str, status: int) -> None:
+    def count(self, model: str, version: str, role: str, status: int, answered: bool = True) -> None:
+        """One prediction request; `answered` False when no revision did (the plane's own 503/504)."""
         self.requests.labels(model=model, role=role, outcome=outcome_of(status)).inc()
+        if not answered:
+            self.unavailable.labels(model=model, version=version, role=role).inc()
+
+    def router_exposition(self) -> bytes:
+        """The plane's own series only (what the rollout loop reads next to each revision's)."""
+        return generate_latest(self.registry)
 
 
 class _Families(Collector):

@@ -309,8 +309,8 @@ def controller(
         raise typer.Exit(2)
     settings = Settings.from_env(tracking_uri=tracking_uri)
     registry = CollectorRegistry()
-    if port:
-        start_http_server(port, addr="0.0.0.0", registry=registry)
+    if port:  # in a pod on every interface (the Service scrapes it); beside a local plane on loopback only
+        start_http_server(port, addr="0.0.0.0" if backend == "kubernetes" else "127.0.0.1", registry=registry)
     provider = PrometheusProvider(prometheus_url) if metrics == "prometheus" else None
     console.print(f"rollout controller: {backend}, namespace {namespace or 'all'}, metrics via {metrics}")
     run(backend_for(backend), settings.tracking_uri, namespace, interval_seconds, provider, RolloutMetrics(registry))

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from monitoring.metrics import (
+    ROLLOUT_BACKEND_FAILURES_TOTAL,
+    ROLLOUT_BACKEND_UP,
     ROLLOUT_CANARY_PERCENT,
     ROLLOUT_GATE_VERDICT,
     ROLLOUT_PHASE,
@@ -47,6 +49,14 @@ class RolloutMetrics:
             ROLLOUT_TRANSITIONS_TOTAL.removesuffix("_total"),
             "Rollout transitions (start, step, promote, rollback, pause, ...).",
             ["model", "action"],
+            registry=registry,
+        )
+        self.backend_up = Gauge(
+            ROLLOUT_BACKEND_UP, "1 if the controller's last pass reached the serving backend.", registry=registry
+        )
+        self.backend_failures = Counter(
+            ROLLOUT_BACKEND_FAILURES_TOTAL.removesuffix("_total"),
+            "Reconcile passes that could not reach the serving backend (API server or local plane).",
             registry=registry,
         )
 
@@ -85,6 +95,19 @@ class Backoff:
         self.failures = 0
 
 
+def _record_outage(backend, namespace: str | None, seconds: float, attempts: int) -> None:
+    message = (
+        f"the rollout controller could not reach the serving backend for {seconds:.0f} s ({attempts} failed "
+        "attempts); it resumed the rollout where it stood"
+    )
+    try:
+        for obj in backend.list(namespace):
+            if canary_percent(obj) is not None:
+                backend.record_event(obj, reason="ControllerResumed", message=message, warning=True)
+    except Exception as exc:  # the rollouts go on; only the record of the outage is lost
+        logger.warning("could not record the outage: %s", exc)
+
+
 def reconcile_all(backend, tracking_uri: str, namespace: str | None, provider=None, metrics=None) -> list[Decision]:
     """One pass over every InferenceService with a canary (in `namespace`, or everywhere)."""
     decisions = []
@@ -114,18 +137,30 @@ def run(
     stop: threading.Event | None = None,
     on_decision: Callable[[str, Decision], None] | None = None,
 ) -> None:
-    """Reconcile every `interval_seconds` until `stop` is set; back off while the backend is away."""
+    """Reconcile every `interval_seconds` until `stop` is set; back off while the backend is away, and
+    once it answers again record the outage on every object in rollout (`shepherd history`)."""
     stop = stop or threading.Event()
     backoff = Backoff(interval_seconds)
+    outage_since: float | None = None
     while not stop.is_set():
         started = time.monotonic()
         try:
             decisions = reconcile_all(backend, tracking_uri, namespace, provider, metrics)
         except Exception as exc:  # listing failed: the API server or the plane is unreachable
             delay = backoff.failed()
+            if outage_since is None:
+                outage_since = time.time()
+            if metrics is not None:
+                metrics.backend_up.set(0)
+                metrics.backend_failures.inc()
             logger.warning("serving backend unavailable (%s); retrying in %.0f s", exc, delay)
             stop.wait(delay)
             continue
+        if metrics is not None:
+            metrics.backend_up.set(1)
+        if outage_since is not None:
+            _record_outage(backend, namespace, time.time() - outage_since, backoff.failures)
+            outage_since = None
         backoff.succeeded()
         for decision in decisions:
             if on_decision is not None:

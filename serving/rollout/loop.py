@@ -185,7 +185,9 @@ def reconcile_once(
     obj = backend.get(namespace, name)
     if obj is None or canary_percent(obj) is None:
         return None
-    provider = provider or ScrapeProvider(getattr(backend, "drift_metrics_url", None))
+    provider = provider or ScrapeProvider(
+        getattr(backend, "drift_metrics_url", None), router_metrics_url=getattr(backend, "router_metrics_url", None)
+    )
     annotations = obj["metadata"]["annotations"]
     policy = Policy.from_annotation(annotations[ANNOTATION_POLICY])
     roles = revisions(obj)

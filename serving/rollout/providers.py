@@ -2,9 +2,10 @@
 interval, and what the drift service says about the canary.
 
 - `ScrapeProvider` (the embedded default): reads each revision's `/metrics` and the drift service's
-  `/metrics` directly. Counters are lifetime totals, so the interval's window is the difference from a
-  baseline taken when the interval began, kept on the InferenceService (annotation) so a restarted
-  loop computes the same windows.
+  `/metrics` directly, and the local plane's count of requests a revision never answered (its process
+  was gone), which are that revision's errors. Counters are lifetime totals, so the interval's window
+  is the difference from a baseline taken when the interval began, kept on the InferenceService
+  (annotation) so a restarted loop computes the same windows.
 - `PrometheusProvider` (clusters, and the end-to-end test): PromQL over Prometheus' HTTP API;
   `increase(...[interval])` needs no baseline.
 
@@ -16,8 +17,9 @@ Either way only the gates reading that source are inconclusive: the others still
 
 from __future__ import annotations
 
+import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from monitoring.metrics import (
@@ -76,8 +78,9 @@ class MetricsProvider(Protocol):
 class ScrapeProvider:
     """Each revision's `/metrics`, and the drift service's, read directly."""
 
-    def __init__(self, drift_metrics_url: str | None = None, timeout: float = 5):
+    def __init__(self, drift_metrics_url: str | None = None, timeout: float = 5, router_metrics_url: str | None = None):
         self.drift_metrics_url = drift_metrics_url
+        self.router_metrics_url = router_metrics_url  # the local plane's own series
         self.timeout = timeout
 
     def _get(self, url: str) -> str:
@@ -101,17 +104,39 @@ class ScrapeProvider:
         except ValueError as exc:  # not a Prometheus exposition (a proxy's error page, a truncated body)
             raise MetricsUnavailable(f"scraping {url}: not Prometheus' text format ({exc})") from exc
 
+    def _router(self) -> str | None:
+        """The router's own exposition, or None (no router, or it cannot be read: nothing added)."""
+        if not self.router_metrics_url:
+            return None
+        try:
+            return self._get(self.router_metrics_url)
+        except MetricsUnavailable:
+            return None
+
     def measure(self, model, revisions, interval_seconds, baseline):
-        """Each revision's window from its own scrape: one that cannot be read leaves the other's intact."""
+        """Each revision's window from its own scrape: one that cannot be read leaves the other's intact.
+        A revision that cannot be read while the router answered 503 in its place gets a window of
+        those failures alone."""
         base = baseline or {}
         windows: dict[str, Window | Unavailable] = {}
         current: dict[str, scrape.Counters] = {}
         since = dict(base)
+        router = self._router()
         for role in ("canary", "champion"):
+            rev, start_of_step = revisions.get(role), base.get(role, scrape.Counters())
+            unavailable = start_of_step.unavailable  # unknown: counted as unchanged
+            if router is not None and rev is not None:
+                with contextlib.suppress(ValueError):  # an unreadable exposition adds nothing
+                    unavailable = scrape.parse_unavailable(router, model, rev.version, role)
             try:
-                counters = self._counters(model, revisions.get(role), role)
+                counters = replace(self._counters(model, rev, role), unavailable=unavailable)
             except MetricsUnavailable as exc:
-                windows[role] = Unavailable(f"the {role}'s request counters", str(exc))
+                if router is not None and role in base:
+                    gone = scrape.Counters(unavailable=unavailable).unanswered_since(start_of_step)
+                    latency = Unavailable(f"the {role}'s latency histogram", str(exc))
+                    windows[role] = Window(requests=gone, errors=gone, latency_buckets=latency)
+                else:
+                    windows[role] = Unavailable(f"the {role}'s request counters", str(exc))
                 continue
             start = counters.since(base.get(role, scrape.Counters()))
             windows[role], current[role] = counters.minus(start), counters

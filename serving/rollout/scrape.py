@@ -6,14 +6,18 @@ restarted loop computes the same windows. A revision whose process restarted (an
 counts from zero; the loop then stores zero as its baseline, so the interval keeps counting from the
 restart even once the new counters pass the old ones. On a cluster the Prometheus provider asks
 `increase(...)` over the interval instead and needs no baseline.
+
+On the local plane a revision's window also holds the requests routed to it that it never answered (its
+process was gone: the plane answered 503 itself): the plane counts them, the revision cannot. That count
+lives in the plane's process, so it resets with the plane, not with the revision.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
-from monitoring.metrics import REQUEST_DURATION_SECONDS, REQUESTS_TOTAL
+from monitoring.metrics import PLANE_UNAVAILABLE_TOTAL, REQUEST_DURATION_SECONDS, REQUESTS_TOTAL
 from serving.rollout.gates import Window
 
 ANNOTATION_BASELINE = "shepherd.io/rollout-baseline"
@@ -21,15 +25,16 @@ ANNOTATION_BASELINE = "shepherd.io/rollout-baseline"
 
 @dataclass(frozen=True)
 class Counters:
-    """Lifetime counters of one revision, as scraped."""
+    """Lifetime counters of one revision, as scraped; `unavailable` from the router in front of it."""
 
     ok: float = 0.0
     invalid: float = 0.0
     error: float = 0.0
     buckets: tuple[tuple[float, float], ...] = ()
+    unavailable: float = 0.0  # requests routed to the revision that it never answered (the plane's count)
 
     def series(self) -> dict[str, float]:
-        """Every series of the revision by name (a latency bucket by its bound)."""
+        """Every series of the revision's own process by name (a latency bucket by its bound)."""
         buckets = {f"le={bound!r}": count for bound, count in self.buckets}
         return {"ok": self.ok, "invalid": self.invalid, "error": self.error, **buckets}
 
@@ -41,8 +46,10 @@ class Counters:
         return any(ours.get(name, 0.0) < value for name, value in base.series().items())
 
     def since(self, base: Counters) -> Counters:
-        """What a window ending now starts from: `base`, or zero if the process restarted after it."""
-        return Counters() if self.restarted_since(base) else base
+        """What a window ending now starts from: `base`, or zero for the counters of a process that
+        restarted after it (the revision's own, or the router's `unavailable`)."""
+        start = Counters() if self.restarted_since(base) else base
+        return replace(start, unavailable=0.0 if self.unavailable < base.unavailable else base.unavailable)
 
     def minus(self, base: Counters) -> Window:
         """The window since `base`. After a restart of the revision (any of its series went down) the
@@ -52,11 +59,16 @@ class Counters:
         start_buckets = dict(start.buckets)
         buckets = tuple((b, c - start_buckets.get(b, 0.0)) for b, c in self.buckets)
         # Invalid requests are the client's doing: they neither count for nor against the canary.
+        unanswered = self.unanswered_since(base)
         return Window(
-            requests=(self.ok - start.ok) + (self.error - start.error),
-            errors=self.error - start.error,
+            requests=(self.ok - start.ok) + (self.error - start.error) + unanswered,
+            errors=self.error - start.error + unanswered,
             latency_buckets=buckets,
         )
+
+    def unanswered_since(self, base: Counters) -> float:
+        """Requests routed to the revision since `base` that the router answered in its place."""
+        return self.unavailable - (base.unavailable if self.unavailable >= base.unavailable else 0.0)
 
 
 def parse(text: str, model: str, version: str) -> Counters:
@@ -78,6 +90,21 @@ def parse(text: str, model: str, version: str) -> Counters:
     return Counters(**outcomes, buckets=tuple(sorted(buckets.items())))
 
 
+def parse_unavailable(text: str, model: str, version: str, role: str) -> float:
+    """The plane's count of `model` `version` requests (in `role`) no revision answered."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == PLANE_UNAVAILABLE_TOTAL
+        and sample.labels.get("model") == model
+        and sample.labels.get("version") == version
+        and sample.labels.get("role") == role
+    )
+
+
 def scrape(url: str, model: str, version: str) -> Counters:
     import httpx
 
@@ -91,6 +118,8 @@ def baseline_to_annotation(baseline: dict[str, Counters]) -> str:
 def baseline_from_annotation(text: str) -> dict[str, Counters]:
     raw = json.loads(text)
     return {
-        role: Counters(c["ok"], c["invalid"], c["error"], tuple(tuple(b) for b in c["buckets"]))
+        role: Counters(
+            c["ok"], c["invalid"], c["error"], tuple(tuple(b) for b in c["buckets"]), c.get("unavailable", 0.0)
+        )
         for role, c in raw.items()
     }

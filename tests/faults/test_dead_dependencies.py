@@ -9,7 +9,6 @@ import signal
 import threading
 import time
 
-import pytest
 from prometheus_client import CollectorRegistry
 
 from components import registry
@@ -22,20 +21,8 @@ from serving.rollout.loop import reconcile_once
 from serving.rollout.machine import Action
 from serving.traffic import instances, send
 from tests.support.plane_processes import children_of, plane_pid, running_plane
-from tests.support.rollouts import champion_and_challenger, fast_rollout_spec
 
 INTERVAL_SECONDS = 1
-
-
-@pytest.fixture(scope="module")
-def fast_spec(churn_spec):
-    return fast_rollout_spec(churn_spec, min_requests=10)
-
-
-@pytest.fixture(scope="module")
-def registry_with_challenger(tmp_path_factory, fast_spec, churn_frame):
-    home = tmp_path_factory.mktemp("faults")
-    return home, champion_and_challenger(fast_spec, churn_frame, home)
 
 
 def _drift_services(plane: int) -> list[int]:

@@ -155,6 +155,30 @@ def test_a_write_from_a_stale_read_is_refused_and_changes_nothing(plane):
     assert canary_share_in_spec(backend.apply(fresh)) == 50
 
 
+def test_a_blind_replace_is_refused_unless_forced(plane):
+    """A PUT over an existing object without the resourceVersion it was read at would undo whatever was
+    written since (a rollback, a promotion): refused with a 409 naming the field, as the API server
+    refuses it for custom resources; `?force=true` is the operator's explicit blind replace."""
+    from serving.plane_auth import token_for
+
+    backend = LocalBackend(plane["url"])
+    blind = backend.get("models", "churn")
+    blind.pop("status")
+    before = blind["metadata"].pop("resourceVersion")
+    url = f"{plane['url']}/apis/serving.kserve.io/v1beta1/namespaces/models/inferenceservices/churn"
+    auth = {"authorization": f"Bearer {token_for(plane['url'])}"}
+    refused = httpx.put(url, json=blind, headers=auth, timeout=60)
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"].startswith("metadata.resourceVersion: required")
+    assert backend.get("models", "churn")["metadata"]["resourceVersion"] == before  # nothing written
+
+    forced = httpx.put(url, params={"force": "true"}, json=blind, headers=auth, timeout=60)
+    assert forced.status_code == 200, forced.text
+    assert int(forced.json()["metadata"]["resourceVersion"]) == int(before) + 1
+    # The backend's apply of an object read from nothing (the deploy step's) writes over a fresh read.
+    assert int(backend.apply(blind)["metadata"]["resourceVersion"]) == int(before) + 2
+
+
 def test_state_survives_a_restart_of_the_plane(plane, churn_spec, rows):
     before = LocalBackend(plane["url"]).get("models", "churn")
     stop_and_reap(plane["home"])

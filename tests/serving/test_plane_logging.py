@@ -24,6 +24,7 @@ from serving.inference_service import build_inference_service
 from serving.plane_auth import token_for
 from serving.traffic import instances
 from tests.support.plane_processes import running_plane
+from tests.support.waiting import wait_for
 
 QUEUE_SIZE = 16
 PENDING_TTL = 2.0
@@ -49,13 +50,6 @@ def metric(url: str, name: str, **labels: str) -> float:
         for s in family.samples
         if s.name == name and labels.items() <= s.labels.items()
     )
-
-
-def wait_for(condition, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} did not happen within {seconds} s"
-        time.sleep(0.1)
 
 
 def drift_state(plane) -> dict:

@@ -27,13 +27,7 @@ from tests.support.plane_processes import (
     plane_pid,
     running_plane,
 )
-
-
-def wait_for(condition, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} did not happen within {seconds} s"
-        time.sleep(0.05)
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture(scope="module")

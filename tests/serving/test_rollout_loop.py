@@ -7,37 +7,28 @@ import threading
 import time
 
 import pytest
-import yaml
 
 from components import registry
-from components.spec import parse_spec
-from pipelines.direct import train_and_register
 from serving.backends import LocalBackend, start_plane, stop_plane
 from serving.inference_service import build_inference_service
 from serving.local_plane import free_port
 from serving.rollout.loop import TAG_ROLLOUT, reconcile_once
 from serving.rollout.machine import Action
 from serving.traffic import instances, send
+from tests.support.rollouts import champion_and_challenger, fast_rollout_spec
 
 
 @pytest.fixture(scope="module")
 def fast_spec(churn_spec):
-    data = yaml.safe_load(churn_spec.to_yaml())
-    data["deployment"].update(canary_steps=[10, 50, 100], interval_seconds=1, min_requests=20)
     # One-second intervals on a shared 2-core machine give p99 ratios of 1.5x and more between two
     # identical servers; the latency gate's boundary is tested in tests/unit/test_rollout.py.
-    data["deployment"]["gates"] = {"latency_p99_ratio": {"max": 5.0}}
-    return parse_spec(yaml.safe_dump(data))
+    return fast_rollout_spec(churn_spec, gates={"latency_p99_ratio": {"max": 5.0}}, min_requests=20)
 
 
 @pytest.fixture(scope="module")
 def rollout_env(tmp_path_factory, fast_spec, churn_frame):
     home = tmp_path_factory.mktemp("rollout")
-    uri = f"sqlite:///{home / 'mlflow.db'}"
-    assert train_and_register(fast_spec, churn_frame, uri, home).alias == "champion"
-    data = yaml.safe_load(fast_spec.to_yaml())
-    data["training"]["params"]["C"] = 0.5
-    assert train_and_register(parse_spec(yaml.safe_dump(data)), churn_frame, uri, home, "v2").alias == "challenger"
+    uri = champion_and_challenger(fast_spec, churn_frame, home)
     plane = start_plane(home, uri, free_port())
     yield {"uri": uri, "plane": plane, "home": home}
     stop_plane(home)

@@ -12,10 +12,10 @@ from pipelines.direct import train_and_register
 
 
 def fast_rollout_spec(spec: ModelSpec, gates: dict | None = None, **deployment) -> ModelSpec:
-    """`spec` with steps 10 -> 50 -> 100 %, one-second intervals and `deployment` overrides; `gates`
+    """`spec` with steps 10 -> 50 -> 100 %, one-second intervals and `deployment` overrides (steps too); `gates`
     replaces the spec's gates when given."""
     data = yaml.safe_load(spec.to_yaml())
-    data["deployment"].update(canary_steps=[10, 50, 100], interval_seconds=1, **deployment)
+    data["deployment"].update({"canary_steps": [10, 50, 100], "interval_seconds": 1, **deployment})
     if gates is not None:
         data["deployment"]["gates"] = gates
     return parse_spec(yaml.safe_dump(data))

@@ -54,6 +54,30 @@ def test_a_series_missing_after_a_restart_counts_as_zero():
     assert after.restarted_since(before) and after.minus(before) == Window(3, 3, ())
 
 
+def test_requests_the_router_answered_for_a_dead_revision_are_its_errors():
+    """The plane answered 503 for 6 requests routed to a revision whose process was gone, and the new
+    process has served 10 since it came back: 16 requests, 6 errors."""
+    before = Counters(ok=40, error=1, unavailable=2)
+    after = Counters(ok=10, unavailable=8)  # the revision restarted; the router's count did not
+    assert after.minus(before) == Window(16, 6, ())
+
+
+def test_the_routers_count_resets_with_the_plane_not_with_the_revision():
+    before = Counters(ok=40, error=1, unavailable=9)
+    after = Counters(ok=45, error=1, unavailable=3)  # the plane restarted; the revision did not
+    assert not after.restarted_since(before)
+    assert after.minus(before) == Window(8, 3, ())
+    assert after.unanswered_since(before) == 3
+
+
+def test_the_baseline_annotation_keeps_the_routers_count():
+    baseline = {"canary": Counters(ok=3, unavailable=4, buckets=((0.01, 3.0),))}
+    assert scrape.baseline_from_annotation(scrape.baseline_to_annotation(baseline)) == baseline
+    assert scrape.baseline_from_annotation('{"canary": {"ok": 1, "invalid": 0, "error": 0, "buckets": []}}') == {
+        "canary": Counters(ok=1)
+    }  # written before the router's count existed
+
+
 def test_no_restart_is_a_plain_difference():
     before = Counters(ok=5, invalid=1, error=1, buckets=((0.01, 5.0), (math.inf, 5.0)))
     after = Counters(ok=9, invalid=4, error=2, buckets=((0.01, 7.0), (math.inf, 9.0)))

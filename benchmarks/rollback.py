@@ -1,12 +1,17 @@
 """Time to roll back a canary that fails every request, and the share of requests that failed meanwhile;
-the drift service's ingestion rate and its overhead over calling Evidently directly.
+the latency clients see while a healthy canary is promoted; the drift service's ingestion rate and its
+overhead over calling Evidently directly.
 
-Two paths, side by side in one run, on the local plane with real traffic (one client, batch 1):
+Paths, side by side in one run, on the local plane with real traffic (one client, batch 1):
 - loop: the rollout loop scraping the revisions (the embedded default) with a 5 s analysis interval
   and failure limit 1;
+- loop with the drift service dead: the same, with the plane's drift service SIGKILLed whenever it is
+  there (the drift gates are inconclusive; the error-rate gate must still act);
 - alert: Prometheus (5 s scrape, the rules' 5 s canary group) -> Alertmanager (group_wait 2 s) -> the
   webhook (the cluster path; the loop is running but its failure limit is out of reach).
 Anchor: Flagger's default analysis, 60 s interval x 5 failed checks = 5 min of a failing canary.
+Then a healthy canary stepped 10 -> 50 -> 100 % and promoted: p50/p99 of the client's requests during
+the rollout vs the same client with the champion alone, at rest (target: p99 within 2x).
 
     python -m benchmarks.rollback --output docs/benchmarks.md
 """
@@ -56,17 +61,20 @@ class Traffic(threading.Thread):
     def __init__(self, url: str, model: str, rows: list[dict]):
         super().__init__(daemon=True)
         self.url, self.model, self.rows = url, model, rows
-        self.answers: list[tuple[float, int, str]] = []
+        self.answers: list[tuple[float, int, str, float]] = []  # (time, status, role, seconds)
         self.halt = threading.Event()
 
     def run(self) -> None:
         with httpx.Client(base_url=self.url, timeout=30) as client:
             i = 0
             while not self.halt.is_set():
+                started = time.perf_counter()
                 response = client.post(
                     f"/v1/models/{self.model}:predict", json={"instances": [self.rows[i % len(self.rows)]]}
                 )
-                self.answers.append((time.time(), response.status_code, response.headers.get("x-shepherd-role", "")))
+                took = time.perf_counter() - started
+                role = response.headers.get("x-shepherd-role", "")
+                self.answers.append((time.time(), response.status_code, role, took))
                 i += 1
 
 
@@ -100,7 +108,75 @@ def _measure_rollback(backend, spec, version: str, traffic: Traffic, timeout: fl
     }
 
 
-def run_bench(repeats: int) -> dict:
+class DriftKiller(threading.Thread):
+    """SIGKILLs the plane's drift service whenever it is there (the plane restarts it each time)."""
+
+    def __init__(self, plane_pid: int):
+        super().__init__(daemon=True)
+        self.plane_pid = plane_pid
+        self.halt = threading.Event()
+        self.kills = 0
+
+    def run(self) -> None:
+        import signal
+
+        from tests.support.plane_processes import children_of
+
+        while not self.halt.is_set():
+            for pid in children_of(self.plane_pid):
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                        if b"monitoring.drift" in handle.read().split(b"\0"):
+                            os.kill(pid, signal.SIGKILL)
+                            self.kills += 1
+                except OSError:
+                    continue
+            self.halt.wait(0.1)
+
+
+def _percentiles(seconds: list[float]) -> dict:
+    ordered = sorted(seconds)
+    return {
+        "requests": len(ordered),
+        "p50_ms": 1000 * ordered[len(ordered) // 2],
+        "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
+        "max_ms": 1000 * ordered[-1],
+    }
+
+
+def _measure_promotion(backend, base, version: str, traffic: Traffic, rest_seconds: float = 20) -> dict:
+    """The client's latency with the champion alone (at rest), then while `version` is rolled out
+    and promoted (the revisions started, re-split and replaced under the same traffic)."""
+    from serving.inference_service import build_inference_service
+    from serving.rollout.loop import canary_percent
+
+    rest_from = time.time()
+    time.sleep(rest_seconds)
+    rest_until = time.time()
+    spec = _spec(base, gates={"error_rate": {"max": 0.01}})
+    started = time.time()
+    backend.apply(build_inference_service(spec, version, champion_version="1", canary_percent=10))
+    deadline = time.monotonic() + 300
+    while canary_percent(backend.get("models", spec.name)) is not None:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the healthy canary was not promoted in time")
+        time.sleep(0.2)
+    promoted = time.time()
+    time.sleep(2)  # the old champion's stop is part of the promotion too
+    ended = time.time()
+
+    def latencies(since: float, until: float) -> list[float]:
+        return [a[3] for a in traffic.answers if since <= a[0] <= until and a[1] == 200]
+
+    return {
+        "rest": _percentiles(latencies(rest_from, rest_until)),
+        "promotion": _percentiles(latencies(started, ended)),
+        "promotion_seconds": promoted - started,
+        "failed": sum(1 for a in traffic.answers if started <= a[0] <= ended and a[1] != 200),
+    }
+
+
+def run_bench(repeats: int) -> tuple[dict, dict]:
     from components.spec import load_spec
     from monitoring import alertmanager, rules
     from monitoring.webhook import webhook_command
@@ -119,6 +195,7 @@ def run_bench(repeats: int) -> dict:
     features, entities = data.split_source(data.load_source(base), base)
     frame = entities.merge(features, on=[base.entity.key, "event_timestamp"])
     results: dict[tuple[str, int], list[dict]] = {(p, s): [] for p in ("loop", "alert") for s in FIRST_STEPS}
+    results[("loop-drift-dead", FIRST_STEPS[0])] = []
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         uri = f"sqlite:///{home / 'mlflow.db'}"
@@ -171,6 +248,18 @@ def run_bench(repeats: int) -> dict:
         servers = []
         try:
             time.sleep(5)  # the champion's baseline traffic
+            killer = DriftKiller(plane.pid)
+            killer.start()
+            spec = _spec(base, FIRST_STEPS[0], failure_limit=1)
+            for i in range(repeats):
+                result = _measure_rollback(backend, spec, canary_versions[i % len(canary_versions)], traffic)
+                result["drift_kills"] = killer.kills
+                print(f"loop, drift dead {FIRST_STEPS[0]} %: {json.dumps(result)}", flush=True)
+                results[("loop-drift-dead", FIRST_STEPS[0])].append(result)
+                backend.apply(build_inference_service(_spec(base), "1"))
+                time.sleep(2)
+            killer.halt.set()
+            killer.join()
             # The loop alone first (no Prometheus yet, so no alert can act), then the alert path.
             for path, failure_limit in (("loop", 1), ("alert", 1000)):  # 1000: only the alert may act
                 if path == "alert":
@@ -185,13 +274,15 @@ def run_bench(repeats: int) -> dict:
                         results[(path, first_step)].append(result)
                         backend.apply(build_inference_service(_spec(base), "1"))  # the champion alone again
                         time.sleep(35 if path == "alert" else 2)  # let the 30 s alert window forget it
+            promotion = _measure_promotion(backend, base, canary_versions[0], traffic)
+            print(f"promotion: {json.dumps(promotion)}", flush=True)
         finally:
             stop.set()
             traffic.halt.set()
             for server in servers:
                 server.stop()
             stop_plane(home)
-    return results
+    return results, promotion
 
 
 def drift_ingestion(events: int = 2000) -> dict:
@@ -257,13 +348,14 @@ def drift_ingestion(events: int = 2000) -> dict:
     }
 
 
-def render(results: dict, drift: dict) -> str:
+def render(results: dict, drift: dict, promotion: dict) -> str:
     from monitoring import rules
 
     scrape, group = rules.SCRAPE_INTERVAL, rules.CANARY_EVALUATION_INTERVAL
     labels = {
         "loop": "rollout loop, scraping each revision (5 s analysis interval, failure limit 1)",
         "alert": f"Prometheus ({scrape} scrape, {group} rule group) -> Alertmanager (group_wait 2 s) -> webhook",
+        "loop-drift-dead": "rollout loop as above, the drift service SIGKILLed whenever the plane restarts it",
     }
     lines = [
         f"Machine: {machine()}. Date: {time.strftime('%Y-%m-%d')}. One client sending batch-1 requests through "
@@ -292,6 +384,22 @@ def render(results: dict, drift: dict) -> str:
         f"1,000-row reference takes {drift['service_ms']:.0f} ms through the service vs {drift['direct_ms']:.0f} ms "
         f"calling Evidently directly ({drift['service_ms'] / drift['direct_ms']:.2f}x; "
         "the service also sets the gauges).",
+        "",
+        "Latency during a promotion (same client; a healthy canary stepped 10 -> 50 -> 100 % at 5 s intervals "
+        f"and promoted in {promotion['promotion_seconds']:.0f} s, its revision replaced by one labelled champion):",
+        "",
+        "| window | requests | p50 | p99 | max |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {label} | {w['requests']} | {w['p50_ms']:.1f} ms | {w['p99_ms']:.1f} ms | {w['max_ms']:.0f} ms |"
+            for label, w in (
+                ("champion alone, at rest", promotion["rest"]),
+                ("during the rollout", promotion["promotion"]),
+            )
+        ),
+        "",
+        f"p99 during the promotion / at rest: {promotion['promotion']['p99_ms'] / promotion['rest']['p99_ms']:.2f}x "
+        f"(target: within 2x); requests not answered 200 during it: {promotion['failed']}.",
     ]
     return "\n".join(lines)
 
@@ -304,9 +412,10 @@ def main() -> None:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     drift = drift_ingestion()
     print(f"drift: {json.dumps(drift)}", flush=True)
-    results = run_bench(args.repeats)
-    write_section(args.output, "## Time to rollback and drift ingestion (issue C)", render(results, drift))
-    print(render(results, drift))
+    results, promotion = run_bench(args.repeats)
+    text = render(results, drift, promotion)
+    write_section(args.output, "## Time to rollback and drift ingestion (issue C)", text)
+    print(text)
 
 
 if __name__ == "__main__":

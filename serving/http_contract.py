@@ -143,10 +143,15 @@ class ContractMiddleware:
     """Pure ASGI (no per-request task): refuses bodies that are too large or not JSON before KServe
     reads them, answers exceptions that escaped every handler, and counts the served model's answers."""
 
-    def __init__(self, app, counted_paths: frozenset[str], count: Callable[[str], None]):
+    def __init__(
+        self, app, counted_paths: frozenset[str], count: Callable[[str], None], versioned: tuple[str, str] = ("", "")
+    ):
         self.app = app
         self.counted_paths = counted_paths
         self.count = count
+        # (`/v2/models/<name>/versions/`, served version): KServe answers any versioned infer 501;
+        # the served version's is its plain infer, any other version a 404 naming what is served.
+        self.versions_prefix, self.version = versioned
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -155,6 +160,13 @@ class ContractMiddleware:
             return await _repository_refused(scope["path"])(scope, receive, send)
         if scope["method"] != "POST":
             return await self.app(scope, receive, send)
+        if self.versions_prefix and scope["path"].startswith(self.versions_prefix) and scope["path"].endswith("/infer"):
+            asked = scope["path"][len(self.versions_prefix) : -len("/infer")]
+            if asked != self.version:
+                message = f"path: version {asked[:100]!r} is not served here (this server serves {self.version!r})"
+                return await error_response(404, message)(scope, receive, send)
+            plain = self.versions_prefix.removesuffix("versions/") + "infer"
+            scope = {**scope, "path": plain, "raw_path": plain.encode()}
         counted = scope["path"] in self.counted_paths
         status = 0
 
@@ -261,11 +273,13 @@ def _named(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
-def install(app, model_name: str, count: Callable[[str], None]) -> None:
-    """Put the contract on KServe's app for a server serving `model_name`; `count(outcome)` is called
-    once per answer to `/v1/models/<name>:predict` and `/v2/models/<name>/infer`."""
+def install(app, model_name: str, count: Callable[[str], None], version: str = "") -> None:
+    """Put the contract on KServe's app for a server serving `model_name` (`version` of it); `count(outcome)`
+    is called once per answer to `/v1/models/<name>:predict` and `/v2/models/<name>/infer` (and
+    `/v2/models/<name>/versions/<version>/infer`, the same)."""
     paths = frozenset({f"/v1/models/{model_name}:predict", f"/v2/models/{model_name}/infer"})
-    app.add_middleware(ContractMiddleware, counted_paths=paths, count=count)
+    versioned = (f"/v2/models/{model_name}/versions/", version) if version else ("", "")
+    app.add_middleware(ContractMiddleware, counted_paths=paths, count=count, versioned=versioned)
     build = app.build_middleware_stack
 
     def build_with_contract():

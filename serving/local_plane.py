@@ -285,12 +285,7 @@ class Plane:
     def health(self) -> dict:
         """What `/healthz` reports: each part of the plane, and `degraded` when one is down."""
         drift_up = self.drift is not None and self.drift.process.poll() is None
-        revisions = {
-            r.name: r.up
-            for d in self.deployments.values()
-            for r in (d.champion, d.canary)
-            if r is not None
-        }
+        revisions = {r.name: r.up for d in self.deployments.values() for r in (d.champion, d.canary) if r is not None}
         return {
             "status": "ok" if drift_up and all(revisions.values()) else "degraded",
             "deployments": len(self.deployments),

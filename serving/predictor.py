@@ -515,7 +515,9 @@ def main(argv: list[str] | None = None) -> int:
     if fault.rate:
         logger.warning("fault injection: %.0f %% of requests will fail with a 500 in %s", 100 * fault.rate, fault.stage)
     model.load()
-    http_contract.install(model_server.app, args.model_name, count_outcomes(metrics, loaded, args.role))
+    http_contract.install(
+        model_server.app, args.model_name, count_outcomes(metrics, loaded, args.role), version=loaded.version
+    )
     serve_metadata(model_server.app, model, loaded)
     if not args.log_each_request:
         drop_request_timing(model_server.app)

@@ -72,6 +72,23 @@ def test_v2_answers_equal_in_process_predictions(server, rows, expected, churn_s
     assert outputs["label"]["datatype"] == "BYTES" and len(outputs["label"]["data"]) == len(rows)
 
 
+def test_v2_versioned_infer_answers_the_served_version_and_names_it_otherwise(server, rows, expected, churn_spec):
+    """KServe answers every `/versions/<v>/infer` with a 501; a client that pins the version it read from
+    the metadata gets the same answer as the plain route, a version not served here a 404 naming both."""
+    inputs = [
+        {"name": f.name, "shape": [2], "datatype": "BYTES" if f.type == "category" else "FP64"}
+        | {"data": [r[f.name] for r in rows[:2]]}
+        for f in churn_spec.features
+    ]
+    pinned = server.post("/v2/models/churn/versions/1/infer", json={"inputs": inputs})
+    assert pinned.status_code == 200, pinned.text
+    outputs = {o["name"]: o for o in pinned.json()["outputs"]}
+    np.testing.assert_allclose(outputs["probability"]["data"], expected[:2], atol=1e-5)
+    other = server.post("/v2/models/churn/versions/7/infer", json={"inputs": inputs})
+    assert other.status_code == 404
+    assert other.json() == {"error": "path: version '7' is not served here (this server serves '1')"}
+
+
 def _row(rows, **changes):
     row = dict(rows[0])
     for key, value in changes.items():

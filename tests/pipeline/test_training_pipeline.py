@@ -164,3 +164,20 @@ def test_bad_data_stops_at_validate_with_a_report_and_registers_nothing(
     )
     online = features.online_features(store, load_spec(CHURN_SPEC), [1])
     assert online["contract"][0] == "Month-to-month" and online["tenure"][0] == 1
+
+
+def test_a_failed_train_stops_the_run_and_publishes_nothing_to_the_online_store(first_run, settings, client, tmp_path):
+    """Valid new data (customer 1's tenure moved from 1 to 70) but a training that fails (C=-1 is refused by
+    scikit-learn at fit): the run stops at train, registers nothing, and serving still reads the rows of
+    the last run that trained, because features are published only after training succeeded."""
+    from components import features
+
+    data = yaml.safe_load(_bad_source(tmp_path, _set("tenure", 70, slice(0, 1))).to_yaml())
+    data["training"]["params"]["C"] = -1.0
+    before = len(client.search_model_versions("name = 'churn'"))
+    with pytest.raises(PipelineRunError) as info:
+        run_local(parse_spec(yaml.safe_dump(data)), settings)
+    assert "stopped at train" in str(info.value)
+    assert len(client.search_model_versions("name = 'churn'")) == before
+    online = features.online_features(features.open_store(settings.feature_repo), load_spec(CHURN_SPEC), [1])
+    assert online["tenure"][0] == 1

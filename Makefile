@@ -8,7 +8,7 @@ export GX_ANALYTICS_ENABLED := false
 # Quiet the libraries' import-time chatter in command output; tests still see every warning they assert.
 export PYTHONWARNINGS := ignore::DeprecationWarning,ignore::FutureWarning,ignore::UserWarning
 
-.PHONY: help venv demo run test test-fast e2e-tools compile examples lint format bench infra-check manifests monitoring-assets chart image tools clean
+.PHONY: help venv demo run test test-fast e2e-tools compile examples lint format bench infra-check manifests monitoring-assets chart image image-docker tools clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,6 +45,8 @@ demo: venv ## Set up, train, serve, and tell the rollout story: promote, roll ba
 run: demo ## Same as demo
 
 test: venv e2e-tools ## Set up and run the whole test suite (as CI does)
+	@# The image builds in the background while the first tests run (tests/image waits for it, under a lock).
+	@mkdir -p $${SHEPHERD_CACHE:-$$HOME/.cache/shepherd}; (./scripts/image.sh > $${SHEPHERD_CACHE:-$$HOME/.cache/shepherd}/image-build.log 2>&1 &)
 	@$(PY) -m pytest
 
 e2e-tools: ## Prometheus and Alertmanager (Debian packages) for the end-to-end tests
@@ -89,7 +91,10 @@ monitoring-assets: venv ## Regenerate Prometheus rules + Grafana dashboards (and
 chart: venv ## Helm chart + Dockerfile: lint, render, dry-run and RBAC against a real kube-apiserver, checkov, hadolint
 	@$(PY) -m pytest tests/cluster/test_helm_chart.py tests/cluster/test_rbac.py tests/unit/test_dockerfile.py
 
-image: ## Build the one Shepherd image (needs Docker)
+image: ## Build (or reuse) the one Shepherd image here with buildah, no Docker daemon or registry needed
+	@./scripts/image.sh
+
+image-docker: ## Build the image with Docker on the published base (python:3.11-slim-bookworm)
 	docker build -t $$($(PY) -c 'from components.platform import PLATFORM_IMAGE; print(PLATFORM_IMAGE)') .
 
 tools: ## Fetch the pinned helm, kubectl, hadolint and checkov into ~/.cache/shepherd

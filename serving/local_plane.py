@@ -87,6 +87,7 @@ from fastapi.responses import JSONResponse
 from serving import children
 from serving.payload_logger import DEFAULT_QUEUE_SIZE, ENV_QUEUE_SIZE, Body, PayloadLogger, inference_events
 from serving.plane_metrics import PlaneMetrics, exposition
+from serving.upstream import Upstream, UpstreamTimeout, UpstreamUnavailable
 
 logger = logging.getLogger("shepherd.plane")
 
@@ -487,18 +488,6 @@ class Plane:
         return obj
 
 
-async def send_upstream(client, method: str, url: str, body: bytes, headers: dict[str, str]):
-    """One request to a revision. A connection that drops under it (a keep-alive connection the revision
-    closed, a revision restarting) is retried once: inference is idempotent, and the client did nothing
-    wrong. A timeout is not retried: the revision is there but slow."""
-    import httpx
-
-    try:
-        return await client.request(method, url, content=body, headers=headers)
-    except (httpx.NetworkError, httpx.RemoteProtocolError):
-        return await client.request(method, url, content=body, headers=headers)
-
-
 def upstream_headers(request_headers, infer_v2: bool) -> dict[str, str]:
     """The client's headers a revision gets. An Open Inference Protocol body without the binary tensor
     extension's `inference-header-content-length` is JSON whatever its content type says; clients such
@@ -548,7 +537,8 @@ def create_app(plane: Plane, payload_queue_size: int = DEFAULT_QUEUE_SIZE, token
             headers={"WWW-Authenticate": "Bearer"},
         )
 
-    client = httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT_SECONDS)
+    client = httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT_SECONDS)  # the plane's own calls: health, drift, metrics
+    upstream_pool = Upstream(UPSTREAM_TIMEOUT_SECONDS)  # predictions and model routes, the hot path
     metrics = plane.metrics
     payload_logger = PayloadLogger(metrics.registry, payload_queue_size, plane.drift_batch_target)
 
@@ -563,6 +553,7 @@ def create_app(plane: Plane, payload_queue_size: int = DEFAULT_QUEUE_SIZE, token
         await payload_logger.close()
         await plane.shutdown()
         await client.aclose()
+        await upstream_pool.close()
 
     app = FastAPI(title="Shepherd local serving plane", lifespan=lifespan)
 
@@ -579,19 +570,19 @@ def create_app(plane: Plane, payload_queue_size: int = DEFAULT_QUEUE_SIZE, token
         """(revision that answered, upstream response) or (revision, error response): retried once on
         the same revision, then on `successor()` if the revision was replaced meanwhile."""
         try:
-            return revision, await send_upstream(client, request.method, f"{revision.url}{path}", body, headers)
-        except httpx.TimeoutException:
+            return revision, await upstream_pool.send(request.method, f"{revision.url}{path}", body, headers)
+        except UpstreamTimeout:
             return revision, _error(f"revision {revision.name} did not answer in {UPSTREAM_TIMEOUT_SECONDS} s", 504)
-        except httpx.TransportError as exc:
+        except UpstreamUnavailable as exc:
             failure = exc
         replacement = successor()
         if replacement is not None and replacement.url != revision.url:
             revision = replacement
             try:
-                return revision, await send_upstream(client, request.method, f"{revision.url}{path}", body, headers)
-            except httpx.TransportError as exc:
+                return revision, await upstream_pool.send(request.method, f"{revision.url}{path}", body, headers)
+            except (UpstreamUnavailable, UpstreamTimeout) as exc:
                 failure = exc
-        return revision, _error(f"revision {revision.name} is unavailable ({type(failure).__name__}); try again", 503)
+        return revision, _error(f"revision {revision.name} is unavailable ({failure}); try again", 503)
 
     async def _proxy(name: str, path: str, request: Request, version: str | None = None) -> Response:
         """Forward to the champion, the canary by the split (predictions) or the revision serving `version`."""
@@ -623,7 +614,7 @@ def create_app(plane: Plane, payload_queue_size: int = DEFAULT_QUEUE_SIZE, token
             status, content, answer = upstream.status_code, upstream.body, {"content-type": "application/json"}
         else:
             status, content = upstream.status_code, upstream.content
-            answer = {k: v for k, v in upstream.headers.items() if k in FORWARDED_RESPONSE_HEADERS}
+            answer = {k: v for k, v in upstream.headers.items() if k in FORWARDED_RESPONSE_HEADERS}  # lower-case
         if predicting:
             metrics.count(name, revision.version, role, status, answered=not isinstance(upstream, Response))
             _log_payload(deployment, revision, body, headers, status, content, answer)

@@ -16,8 +16,9 @@ import pytest
 
 from serving.backends import LocalBackend, start_plane
 from serving.inference_service import build_inference_service
-from serving.local_plane import free_port, send_upstream
+from serving.local_plane import free_port
 from serving.traffic import instances
+from serving.upstream import Upstream, UpstreamUnavailable
 from tests.support.plane_processes import (
     children_of,
     has_pending_sigterm,
@@ -166,13 +167,16 @@ def test_a_dropped_connection_is_retried_once_on_the_same_revision(flaky_upstrea
     url, handler = flaky_upstream
 
     async def send(n: int) -> list[int]:
-        async with httpx.AsyncClient(timeout=5) as client:
-            return [(await send_upstream(client, "POST", url, b"{}", {})).status_code for _ in range(n)]
+        upstream = Upstream(timeout_seconds=5)
+        try:
+            return [(await upstream.send("POST", url, b"{}", {})).status_code for _ in range(n)]
+        finally:
+            await upstream.close()
 
     assert asyncio.run(send(10)) == [200] * 10
     assert handler.dropped >= 5, "the server never dropped a connection: nothing was retried"
 
     handler.drop_all, handler.dropped = True, 0
-    with pytest.raises(httpx.RemoteProtocolError):  # really gone: the caller answers 503
+    with pytest.raises(UpstreamUnavailable):  # really gone: the caller answers 503
         asyncio.run(send(1))
     assert handler.dropped == 2  # the request and one retry, no more

@@ -7,6 +7,8 @@ Targets, all serving the same registered churn model (or nothing, for the floor)
   shepherd-verbose  the same with KServe's per-request log lines and their timing middleware (--log_each_request)
   plane             the same predictor behind the local serving plane's router, with payload logging to the
                     plane's drift service on (what `shepherd up` serves): the router's cost
+  plane-unlogged    the same plane and model deployed a second time without a payload logger: the router
+                    alone, without the logging and the drift service's ingestion sharing the cores
   mlserver          MLServer 1.7.1 + mlserver-sklearn serving the same scikit-learn pipeline (V2, pandas codec)
   kserve-constant   kserve.ModelServer with a model that returns a constant: KServe's own framework cost
   fastapi-floor     FastAPI under uvicorn answering a constant (the floor KServe is built on)
@@ -50,6 +52,7 @@ TARGETS = (
     "shepherd-asyncio",
     "shepherd-verbose",
     "plane",
+    "plane-unlogged",
     "mlserver",
     "kserve-constant",
     "fastapi-floor",
@@ -212,6 +215,9 @@ def main() -> None:
             print("[bench] starting the local serving plane and deploying churn v1 behind it…", flush=True)
             plane_url = start_plane(plane_home, uri, ports["plane"]).url
             LocalBackend(plane_url).apply(build_inference_service(spec, "1", payload_log_url=f"{plane_url}/drift/"))
+            unlogged = build_inference_service(spec, "1")
+            unlogged["metadata"]["name"] = "churn-unlogged"
+            LocalBackend(plane_url).apply(unlogged)
             for name in (t for t in TARGETS if t in servers and not t.endswith("-floor")):  # V2 readiness
                 wait_ready(f"http://127.0.0.1:{ports[name]}/v2/health/ready", servers[name])
             wait_ready(f"http://127.0.0.1:{ports['fastapi-floor']}/docs", servers["fastapi-floor"])
@@ -243,6 +249,7 @@ def main() -> None:
                     "shepherd-asyncio": (f"http://127.0.0.1:{ports['shepherd-asyncio']}{v1_path}", v1),
                     "shepherd-verbose": (f"http://127.0.0.1:{ports['shepherd-verbose']}{v1_path}", v1),
                     "plane": (f"{plane_url}{v1_path}", v1),
+                    "plane-unlogged": (f"{plane_url}/v1/models/churn-unlogged:predict", v1),
                     "mlserver": (f"http://127.0.0.1:{ports['mlserver']}/v2/models/churn/infer", v2),
                     "kserve-constant": (f"http://127.0.0.1:{ports['kserve-constant']}{v1_path}", v1),
                     "fastapi-floor": (f"http://127.0.0.1:{ports['fastapi-floor']}/", v1),
@@ -317,7 +324,7 @@ def write_report(path: Path, results: dict, seconds: int, rounds: int, machine_t
             f"{ours / r['shepherd-asyncio']['rps']:.2f}x; per-request log lines and their timing middleware cost "
             f"{1 - r['shepherd-verbose']['rps'] / ours:.0%} of the throughput. Through the plane's router (payload "
             f"logging on): **{r['plane']['rps'] / ours:.0%}** of the predictor's direct throughput at 8 connections "
-            f"(target >= 60 %)."
+            f"(target >= 60 %); without payload logging **{r['plane-unlogged']['rps'] / ours:.0%}**."
         )
     direct, routed = results[("shepherd (1 connection)", 1)], results[("plane (1 connection)", 1)]
     lines.append(

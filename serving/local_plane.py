@@ -93,6 +93,7 @@ logger = logging.getLogger("shepherd.plane")
 
 API = "/apis/serving.kserve.io/v1beta1"
 READY_TIMEOUT_SECONDS = 120
+STABLE_SECONDS = 600.0  # a revision that ran this long since its last restart backs off from 1 s again
 SUPERVISE_SECONDS = 1.0  # how often the plane checks that its drift service and revisions still run
 UPSTREAM_TIMEOUT_SECONDS = 30
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -114,6 +115,8 @@ class Revision:
     process: subprocess.Popen | None = None
     env: dict[str, str] = field(default_factory=dict)  # the container's SHEPHERD_* settings
     restarting: bool = False  # its process exited and a new one is not ready yet
+    restarts: int = 0
+    next_restart: float = 0.0  # monotonic time before which a crashing revision is not restarted again
 
     @property
     def up(self) -> bool:
@@ -212,6 +215,7 @@ class Plane:
         self.drift: Revision | None = None  # the drift service child process
         self.drift_restarts = 0
         self.metrics = PlaneMetrics.create()
+        self._readiness_waits: set[asyncio.Task] = set()  # restarted revisions not ready yet
 
     async def start_drift_service(self, client) -> None:
         port = free_port()
@@ -250,12 +254,22 @@ class Plane:
                 logger.error("restarting the drift service failed: %s", exc)
 
     async def _restart_dead_revisions(self, client) -> None:
+        """Start again every revision whose process exited, backing off (1, 2, 4 ... 60 s) when it keeps
+        crashing, as a kubelet does. Only the start holds the lock; readiness is awaited without it, so
+        a slow or hanging restart never delays a rollback or any other write."""
+        restarted = []
         async with self.lock:  # not while `apply` replaces revisions: it starts what it needs itself
             for key, deployment in self.deployments.items():
                 for revision in (deployment.champion, deployment.canary):
                     if revision is None or revision.process is None or revision.process.poll() is None:
                         continue
+                    if time.monotonic() < revision.next_restart:
+                        continue
                     code = revision.process.returncode
+                    if time.monotonic() - revision.next_restart > STABLE_SECONDS:  # it had run fine a while
+                        revision.restarts = 0
+                    revision.restarts += 1
+                    revision.next_restart = time.monotonic() + min(60.0, 2.0 ** (revision.restarts - 1))
                     self.metrics.restarts.labels(component=revision.name).inc()
                     logger.error("revision %s exited (code %s); restarting it", revision.name, code)
                     namespace, name = key.split("/", 1)
@@ -269,11 +283,19 @@ class Plane:
                     )
                     revision.restarting = True
                     self._spawn(revision)
-                    try:
-                        await self._wait_ready(revision, client)
-                        revision.restarting = False
-                    except RuntimeError as exc:  # tried again at the next tick
-                        logger.error("restarting %s failed: %s", revision.name, exc)
+                    restarted.append(revision)
+
+        async def ready(revision: Revision) -> None:
+            try:
+                await self._wait_ready(revision, client)
+                revision.restarting = False
+            except RuntimeError as exc:  # exited again: restarted after its back-off
+                logger.error("restarting %s failed: %s", revision.name, exc)
+
+        for revision in restarted:  # awaited in the background: the drift service is checked meanwhile
+            task = asyncio.create_task(ready(revision))
+            self._readiness_waits.add(task)
+            task.add_done_callback(self._readiness_waits.discard)
 
     def record_event(self, namespace: str, name: str, reason: str, message: str, kind: str = "Normal") -> dict:
         """Append an event to the object's history (`shepherd history`), as Kubernetes Events do."""

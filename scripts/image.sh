@@ -80,7 +80,7 @@ tagged=localhost/shepherd:$key
 if podman image exists "$tagged"; then
   say "image $tagged is current (cached)"
 else
-  say "building $tagged from the Dockerfile on $base (cold: several minutes; code-only changes: seconds)"
+  say "building $tagged from the Dockerfile on $base (cold: about 8 min; a code-only change: about 3 min, the dependency layers are reused)"
   # pip inside the build reaches the same index as this machine: its certificate authorities and settings.
   build_conf=$(mktemp -d)
   trap 'rm -rf "$build_conf"' EXIT

@@ -95,17 +95,23 @@ class Backoff:
         self.failures = 0
 
 
-def _record_outage(backend, namespace: str | None, seconds: float, attempts: int) -> None:
+def _record_outage(backend, namespace: str | None, seconds: float, attempts: int) -> bool:
+    """A `ControllerResumed` event on every object in rollout; False if the backend still does not answer."""
     message = (
         f"the rollout controller could not reach the serving backend for {seconds:.0f} s ({attempts} failed "
         "attempts); it resumed the rollout where it stood"
     )
     try:
-        for obj in backend.list(namespace):
+        objects = backend.list(namespace)
+    except Exception:
+        return False
+    try:
+        for obj in objects:
             if canary_percent(obj) is not None:
                 backend.record_event(obj, reason="ControllerResumed", message=message, warning=True)
     except Exception as exc:  # the rollouts go on; only the record of the outage is lost
         logger.warning("could not record the outage: %s", exc)
+    return True
 
 
 def reconcile_all(backend, tracking_uri: str, namespace: str | None, provider=None, metrics=None) -> list[Decision]:
@@ -144,6 +150,10 @@ def run(
     outage_since: float | None = None
     while not stop.is_set():
         started = time.monotonic()
+        # The outage goes into the history before the first decision made after it.
+        away = None if outage_since is None else time.time() - outage_since
+        if away is not None and _record_outage(backend, namespace, away, backoff.failures):
+            outage_since = None
         try:
             decisions = reconcile_all(backend, tracking_uri, namespace, provider, metrics)
         except Exception as exc:  # listing failed: the API server or the plane is unreachable
@@ -158,9 +168,6 @@ def run(
             continue
         if metrics is not None:
             metrics.backend_up.set(1)
-        if outage_since is not None:
-            _record_outage(backend, namespace, time.time() - outage_since, backoff.failures)
-            outage_since = None
         backoff.succeeded()
         for decision in decisions:
             if on_decision is not None:

@@ -435,6 +435,9 @@ class Plane:
                 if rev is None or rev.process is None or rev.process.poll() is not None:
                     rev = self._start(meta["name"], uri, version, role, env)
                     await self._wait_ready(rev, client)
+                elif rev.restarting:  # the supervisor restarted it: served again once it is ready
+                    await self._wait_ready(rev, client)
+                    rev.restarting = False
                 revisions[role] = rev
             deployment = Deployment(
                 obj, revisions["champion"], revisions.get("canary"), percent, current.events if current else []

@@ -247,7 +247,7 @@ def test_a_dead_revision_fails_only_the_requests_routed_to_it(plane, churn_spec,
     assert not_ready.status_code == 503 and "churn-v2" in not_ready.json()["error"]
 
     obj["metadata"].pop("resourceVersion", None)
-    backend.apply(obj)  # applying again restarts the dead revision
+    backend.apply(obj)  # the plane restarts the dead revision; applying again waits until it is ready
     assert httpx.get(f"{plane.url}/v2/health/ready", timeout=10).status_code == 200
 
 

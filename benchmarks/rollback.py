@@ -120,15 +120,13 @@ class DriftKiller(threading.Thread):
     def run(self) -> None:
         import signal
 
-        from tests.support.plane_processes import children_of
+        from tests.support.plane_processes import drift_services
 
         while not self.halt.is_set():
-            for pid in children_of(self.plane_pid):
+            for pid in drift_services(self.plane_pid):
                 try:
-                    with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                        if b"monitoring.drift" in handle.read().split(b"\0"):
-                            os.kill(pid, signal.SIGKILL)
-                            self.kills += 1
+                    os.kill(pid, signal.SIGKILL)
+                    self.kills += 1
                 except OSError:
                     continue
             self.halt.wait(0.1)

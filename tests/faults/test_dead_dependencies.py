@@ -20,27 +20,15 @@ from serving.rollout.controller import RolloutMetrics
 from serving.rollout.loop import reconcile_once
 from serving.rollout.machine import Action
 from serving.traffic import instances, send
-from tests.support.plane_processes import children_of, plane_pid, running_plane
+from tests.support.plane_processes import drift_services, plane_pid, running_plane
 
 INTERVAL_SECONDS = 1
-
-
-def _drift_services(plane: int) -> list[int]:
-    found = []
-    for pid in children_of(plane):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                if b"monitoring.drift" in handle.read().split(b"\0"):
-                    found.append(pid)
-        except OSError:
-            continue
-    return found
 
 
 def _keep_killing(plane: int, stop: threading.Event, killed: list[int]) -> None:
     """SIGKILL the plane's drift service whenever it is there: dead for the whole rollout."""
     while not stop.is_set():
-        for pid in _drift_services(plane):
+        for pid in drift_services(plane):
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
         stop.wait(0.1)

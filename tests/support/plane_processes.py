@@ -86,6 +86,19 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+def drift_services(plane: int) -> list[int]:
+    """The plane's drift service processes (its children running `monitoring.drift`)."""
+    found = []
+    for pid in children_of(plane):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                if b"monitoring.drift" in handle.read().split(b"\0"):
+                    found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
 def pid_serving(port: int) -> int:
     """The predictor process listening on `port` (its command line names the port)."""
     for entry in os.listdir("/proc"):

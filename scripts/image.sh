@@ -61,9 +61,10 @@ else
   if ! podman image exists "$base"; then
     rootfs=$cache/image-base-$suite-$base_key.tar
     if [ ! -f "$rootfs" ]; then
+      rm -rf "$rootfs" "$rootfs.tmp"  # a directory left by an older script or an interrupted run
       say "making a Debian $suite base from Debian's packages (once per machine, ~1 min)"
       mkdir -p "$cache"
-      mmdebstrap --quiet --variant=minbase --include="$base_packages" "$suite" "$rootfs.tmp" http://deb.debian.org/debian
+      mmdebstrap --quiet --format=tar --variant=minbase --include="$base_packages" "$suite" "$rootfs.tmp" http://deb.debian.org/debian
       mv "$rootfs.tmp" "$rootfs"
     fi
     podman import --quiet "$rootfs" "$base" >/dev/null

@@ -2,8 +2,9 @@
 
 Each predictor revision's logged requests (the features) and responses (the predicted probability)
 are paired by event id and kept in a bounded window per (model, role). Every `compute_interval`
-seconds the windows that changed are compared with Evidently's DataDriftPreset, using PSI for every
-column so that one score means one thing (0 = same distribution; 0.1 moderate; 0.25 large):
+seconds the windows that changed are compared with Evidently's column drift calculation (the one its
+DataDriftPreset runs, without building the report's charts), using PSI for every column so that one score
+means one thing (0 = same distribution; 0.1 moderate; 0.25 large):
 - each revision's inputs against the training reference stored with its model version
   (`reference="training"`; a sample of the content-addressed training snapshot), and
 - the canary's inputs and predictions against the champion's live window (`reference="champion"`).
@@ -334,22 +335,82 @@ def scores_from_response(body: object) -> list[float]:
     raise BadEvent("body: a response needs 'predictions' (V1) or an 'outputs' tensor named 'probability' (V2)")
 
 
-def psi_drift(current: pd.DataFrame, reference: pd.DataFrame, features: Features):
-    """Evidently's DataDriftPreset with PSI on every column: (report, share, detected, scores, drifted)."""
+@dataclass(frozen=True)
+class DriftScores:
+    """One window against one reference: PSI per column and what they add up to."""
+
+    share: float  # of the columns whose PSI reached COLUMN_THRESHOLD
+    detected: bool  # share >= DATASET_DRIFT_SHARE
+    scores: dict[str, float]
+    drifted: list[str]  # the drifted columns, largest PSI first
+
+
+def _shared_columns(current: pd.DataFrame, reference: pd.DataFrame, features: Features) -> tuple[list, list]:
+    numerical = [c for c in features.numerical if c in current and c in reference]
+    categorical = [c for c in features.categorical if c in current and c in reference]
+    return numerical, categorical
+
+
+def psi_scores(current: pd.DataFrame, reference: pd.DataFrame, features: Features) -> DriftScores:
+    """PSI per column from Evidently's own drift calculation (`get_one_column_drift`: what its ValueDrift
+    metric and DataDriftPreset call), without the report. Building the report's plotly widgets is ~95 % of
+    a preset run (36 vs 530-710 ms for 10 columns, 500 x 1,000 rows, measured 2026-12-03), and the service
+    computes every few seconds on the cores that serve predictions. Same scores as `psi_report`'s (tested)."""
+    from evidently.legacy.calculations.data_drift import get_one_column_drift
+    from evidently.legacy.core import ColumnType
+    from evidently.legacy.metric_results import DatasetColumns, DatasetUtilityColumns
+    from evidently.legacy.options.data_drift import DataDriftOptions
+
+    numerical, categorical = _shared_columns(current, reference, features)
+    options = DataDriftOptions(all_features_stattest=METHOD, all_features_threshold=COLUMN_THRESHOLD)
+    scores: dict[str, float] = {}
+    for column, column_type in [(c, ColumnType.Numerical) for c in numerical] + [
+        (c, ColumnType.Categorical) for c in categorical
+    ]:
+        numeric = column_type == ColumnType.Numerical
+        result = get_one_column_drift(
+            current_data=current[[column]].reset_index(drop=True),
+            reference_data=reference[[column]].reset_index(drop=True),
+            column_name=column,
+            options=options,
+            dataset_columns=DatasetColumns(
+                utility_columns=DatasetUtilityColumns(date=None, id=None, target=None, prediction=None),
+                target_type=None,
+                task=None,
+                num_feature_names=[column] if numeric else [],
+                cat_feature_names=[] if numeric else [column],
+                text_feature_names=[],
+                datetime_feature_names=[],
+                target_names=None,
+            ),
+            column_type=column_type,
+            agg_data=True,
+        )
+        scores[column] = float(result.drift_score)
+    drifted = sorted((c for c, s in scores.items() if s >= COLUMN_THRESHOLD), key=lambda c: -scores[c])
+    share = len(drifted) / len(scores) if scores else 0.0
+    return DriftScores(share, share >= DATASET_DRIFT_SHARE, scores, drifted)
+
+
+def psi_report(current: pd.DataFrame, reference: pd.DataFrame, features: Features):
+    """Evidently's DataDriftPreset with PSI on every column: the report a person reads (HTML)."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
-    numerical = [c for c in features.numerical if c in current and c in reference]
-    categorical = [c for c in features.categorical if c in current and c in reference]
+    numerical, categorical = _shared_columns(current, reference, features)
     columns = numerical + categorical
     definition = DataDefinition(numerical_columns=numerical, categorical_columns=categorical)
     preset = DataDriftPreset(
         columns=columns, method=METHOD, threshold=COLUMN_THRESHOLD, drift_share=DATASET_DRIFT_SHARE
     )
-    report = Report([preset]).run(
+    return Report([preset]).run(
         Dataset.from_pandas(current[columns].reset_index(drop=True), data_definition=definition),
         Dataset.from_pandas(reference[columns].reset_index(drop=True), data_definition=definition),
     )
+
+
+def report_scores(report) -> DriftScores:
+    """The scores a `psi_report` holds (the same figures `psi_scores` computes without it)."""
     scores: dict[str, float] = {}
     share = 0.0
     for metric in report.dict()["metrics"]:
@@ -359,7 +420,7 @@ def psi_drift(current: pd.DataFrame, reference: pd.DataFrame, features: Features
         elif config["type"].endswith("DriftedColumnsCount"):
             share = float(metric["value"]["share"])
     drifted = sorted((c for c, s in scores.items() if s >= COLUMN_THRESHOLD), key=lambda c: -scores[c])
-    return report, share, share >= DATASET_DRIFT_SHARE, scores, drifted
+    return DriftScores(share, share >= DATASET_DRIFT_SHARE, scores, drifted)
 
 
 class ReferenceStore:
@@ -578,7 +639,8 @@ class DriftService:
         return results
 
     def _compare(self, model, version, role, reference_name, frame, reference, features) -> DriftResult:
-        _, share, detected, scores, drifted = psi_drift(frame, reference, features)
+        found = psi_scores(frame, reference, features)
+        share, detected, scores = found.share, found.detected, found.scores
         result = DriftResult(
             model,
             version,
@@ -589,7 +651,7 @@ class DriftService:
             share,
             detected,
             scores,
-            drifted,
+            found.drifted,
             time.time(),
         )
         labels = (model, version, role, reference_name)
@@ -617,7 +679,7 @@ class DriftService:
             features, base = Features([*features.numerical, PREDICTION_COLUMN], features.categorical), champion_frame
         else:
             base = training
-        report, *_ = psi_drift(frame, base, features)
+        report = psi_report(frame, base, features)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "report.html"
             report.save_html(str(path))

@@ -15,7 +15,16 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from monitoring.drift import DriftService, ReferenceStore, create_app
+from monitoring.drift import (
+    PREDICTION_COLUMN,
+    DriftService,
+    Features,
+    ReferenceStore,
+    create_app,
+    psi_report,
+    psi_scores,
+    report_scores,
+)
 from monitoring.metrics import (
     DRIFT_EVENTS_TOTAL,
     DRIFT_FEATURE_SCORE,
@@ -126,6 +135,31 @@ def test_a_canary_whose_predictions_moved_is_caught_against_the_champion(service
     assert against_champion.scores["prediction"] > 0.25
     assert against_champion.scores["tenure"] == pytest.approx(0.0, abs=1e-9)  # identical inputs
     assert not results[("canary", "training")].detected
+
+
+@pytest.mark.parametrize("population", ["same", "shifted", "canary vs champion"])
+def test_the_services_scores_are_the_ones_evidentlys_report_shows(service, traffic, population):
+    """The gauges come from Evidently's column drift without building its report (the charts cost ~95 %
+    of a run); the HTML report a person opens must say exactly the same."""
+    drift, client = service
+    if population == "canary vs champion":
+        rows, scores = traffic["same"]
+        log(client, rows, scores, role="champion")
+        log(client, rows, np.clip(np.asarray(scores) + 0.35, 0, 1), role="canary")
+        features, _ = drift.references.get("churn", "1")
+        features = Features([*features.numerical, PREDICTION_COLUMN], features.categorical)
+        current, reference = drift.windows[("churn", "canary")].frame(), drift.windows[("churn", "champion")].frame()
+    else:
+        log(client, *traffic[population])
+        features, reference = drift.references.get("churn", "1")
+        current = drift.windows[("churn", "champion")].frame()
+    fast, shown = psi_scores(current, reference, features), report_scores(psi_report(current, reference, features))
+    assert fast.scores.keys() == shown.scores.keys() and len(fast.scores) >= len(features.names)
+    for column, score in shown.scores.items():
+        assert fast.scores[column] == pytest.approx(score, rel=1e-9, abs=1e-12), column
+    assert (fast.share, fast.detected, fast.drifted) == (pytest.approx(shown.share), shown.detected, shown.drifted)
+    assert fast.detected == (population == "shifted")
+    assert ("prediction" in fast.drifted) == (population == "canary vs champion")
 
 
 def test_too_few_rows_compute_nothing(service, traffic):

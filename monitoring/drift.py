@@ -344,6 +344,14 @@ class DriftScores:
     scores: dict[str, float]
     drifted: list[str]  # the drifted columns, largest PSI first
 
+    @classmethod
+    def of(cls, scores: dict[str, float], share: float | None = None) -> DriftScores:
+        """From the per-column scores; `share` when a report states it, else counted from them."""
+        drifted = sorted((c for c, s in scores.items() if s >= COLUMN_THRESHOLD), key=lambda c: -scores[c])
+        if share is None:
+            share = len(drifted) / len(scores) if scores else 0.0
+        return cls(share, share >= DATASET_DRIFT_SHARE, scores, drifted)
+
 
 def _shared_columns(current: pd.DataFrame, reference: pd.DataFrame, features: Features) -> tuple[list, list]:
     numerical = [c for c in features.numerical if c in current and c in reference]
@@ -387,9 +395,7 @@ def psi_scores(current: pd.DataFrame, reference: pd.DataFrame, features: Feature
             agg_data=True,
         )
         scores[column] = float(result.drift_score)
-    drifted = sorted((c for c, s in scores.items() if s >= COLUMN_THRESHOLD), key=lambda c: -scores[c])
-    share = len(drifted) / len(scores) if scores else 0.0
-    return DriftScores(share, share >= DATASET_DRIFT_SHARE, scores, drifted)
+    return DriftScores.of(scores)
 
 
 def psi_report(current: pd.DataFrame, reference: pd.DataFrame, features: Features):
@@ -419,8 +425,7 @@ def report_scores(report) -> DriftScores:
             scores[config["column"]] = float(metric["value"])
         elif config["type"].endswith("DriftedColumnsCount"):
             share = float(metric["value"]["share"])
-    drifted = sorted((c for c, s in scores.items() if s >= COLUMN_THRESHOLD), key=lambda c: -scores[c])
-    return DriftScores(share, share >= DATASET_DRIFT_SHARE, scores, drifted)
+    return DriftScores.of(scores, share)
 
 
 class ReferenceStore:

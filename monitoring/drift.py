@@ -47,6 +47,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import orjson
 import pandas as pd
 
 # Module level: FastAPI resolves the handlers' (string) annotations in this module's globals.
@@ -533,9 +534,12 @@ class DriftService:
         """Take a batch (a JSON array of structured events). A bad event is reported by its index and
         does not keep the others out."""
         try:
-            events = json.loads(body)
-        except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than json can parse
-            raise BadEvent(f"body: not JSON ({exc})") from exc
+            events = orjson.loads(body)  # the plane's batches are strict JSON: orjson reads them about 2x faster
+        except orjson.JSONDecodeError:
+            try:  # another sender's batch may hold what only Python's json reads (NaN, 400-digit integers)
+                events = json.loads(body)
+            except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than json can parse
+                raise BadEvent(f"body: not JSON ({exc})") from exc
         if not isinstance(events, list):
             raise BadEvent("body: expected a JSON array of CloudEvents (batch mode)")
         rows, invalid = 0, []

@@ -11,7 +11,12 @@ fit is dropped and counted (`shepherd_plane_payload_events_dropped_total{reason=
 task per logger URL delivers, with this module's own HTTP client (never the one that proxies
 predictions):
 - to the plane's own drift service in CloudEvents *batch* mode: one POST of everything queued (up to
-  `BATCH_MAX` events) as a JSON array of structured events, `application/cloudevents-batch+json`;
+  `BATCH_MAX` events) as a JSON array of structured events, `application/cloudevents-batch+json`. A
+  batch waits up to `BATCH_LINGER_SECONDS` for more events, or until half the queue (at most
+  `BATCH_MAX`) is waiting, so at a low request rate the plane does not make one extra HTTP call per
+  prediction (a POST per prediction cost a single client 0.6 ms per request on these machines; the
+  drift windows are seconds long, 50 ms of delay is nothing to them), and lingering never fills a
+  queue into dropping;
 - to any other URL in KServe's *binary* mode, one POST per event (ce-* headers, the payload as the
   body), which is what a receiver written for KServe's logger expects.
 A destination that refuses or hangs only delays and drops its own events (`reason="undelivered"`).
@@ -22,13 +27,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import orjson
 from prometheus_client import CollectorRegistry, Counter
 
 from monitoring.metrics import (
@@ -48,6 +53,7 @@ from monitoring.payload_log import (
 logger = logging.getLogger("shepherd.plane.payload")
 
 BATCH_MAX = 256  # events per batch POST
+BATCH_LINGER_SECONDS = 0.05  # a batch waits this long for more events, unless enough are already waiting
 DELIVERY_TIMEOUT_SECONDS = 5.0
 DRAIN_SECONDS = 2.0  # at shutdown, time given to the queues to empty
 WARN_EVERY_SECONDS = 60.0  # one warning per destination per minute, however many events fail
@@ -81,30 +87,26 @@ class PayloadEvent:
         headers["content-type"] = self.content_type
         return headers, self.body.data
 
-    def structured(self, as_json: bool = True) -> dict:
-        """The JSON event format: `data` for a JSON payload (unless `as_json` is False), `data_base64` for
-        anything else."""
+    def structured(self) -> bytes:
+        """The JSON event format, encoded: `data` for a JSON payload that strict JSON can carry (orjson:
+        no NaN, no 400-digit integers, nesting within its limit), `data_base64` for anything else, so
+        the receiver gets the client's bytes either way."""
         event = {**self.attributes, "datacontenttype": self.content_type}
-        if as_json and self.body.json_length is None:
+        if self.body.json_length is None:
             try:
-                event["data"] = json.loads(self.body.data)
-                return event
-            except (ValueError, RecursionError):  # a client's malformed (or absurdly nested) body is logged too
+                return orjson.dumps({**event, "data": orjson.loads(self.body.data)})
+            # Not JSON, not strict JSON, or nested deeper than orjson encodes: the client's bytes as they came.
+            except (orjson.JSONDecodeError, orjson.JSONEncodeError):
                 pass
         event["data_base64"] = base64.b64encode(self.body.data).decode()
-        return event
+        return orjson.dumps(event)
 
 
 def encode_batch(events: list[PayloadEvent]) -> bytes:
     """A JSON array of structured events. Each is encoded on its own: a body nested too deeply to encode
-    again goes as `data_base64` instead of failing the whole batch (other clients' events)."""
-    encoded = []
-    for event in events:
-        try:
-            encoded.append(json.dumps(event.structured(), separators=(",", ":")))
-        except (ValueError, RecursionError):
-            encoded.append(json.dumps(event.structured(as_json=False), separators=(",", ":")))
-    return ("[" + ",".join(encoded) + "]").encode()
+    again goes as `data_base64` instead of failing the whole batch (other clients' events). orjson,
+    because the plane encodes every prediction's two bodies: it is about 10x faster than `json` here."""
+    return b"[" + b",".join(event.structured() for event in events) + b"]"
 
 
 def inference_events(
@@ -150,8 +152,23 @@ class _Destination:
     def __init__(self, url: Callable[[], str], batch: bool, queue_size: int):
         self.url, self.batch = url, batch
         self.queue: asyncio.Queue[PayloadEvent] = asyncio.Queue(maxsize=queue_size)
+        self.enough = min(BATCH_MAX, max(1, queue_size // 2))  # events that end a batch's wait
+        self.enough_waiting = asyncio.Event()
         self.task: asyncio.Task | None = None
         self.last_warning = 0.0
+
+    def put(self, event: PayloadEvent) -> None:
+        """Raises asyncio.QueueFull."""
+        self.queue.put_nowait(event)
+        if self.queue.qsize() >= self.enough:
+            self.enough_waiting.set()
+
+    async def linger(self) -> None:
+        """Wait for `enough` events to be queued, at most `BATCH_LINGER_SECONDS`."""
+        self.enough_waiting.clear()  # before looking at the queue: a put after the look sets it again
+        if self.queue.qsize() < self.enough:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.enough_waiting.wait(), BATCH_LINGER_SECONDS)
 
 
 class PayloadLogger:
@@ -195,7 +212,7 @@ class PayloadLogger:
             self.destinations[url] = destination
         for event in events:
             try:
-                destination.queue.put_nowait(event)
+                destination.put(event)
             except asyncio.QueueFull:
                 self.dropped["queue_full"].inc()
 
@@ -208,8 +225,8 @@ class PayloadLogger:
         while True:
             events = [await queue.get()]
             if destination.batch:
-                while len(events) < BATCH_MAX and not queue.empty():
-                    events.append(queue.get_nowait())
+                await destination.linger()
+                self._take_queued(queue, events)
             try:
                 if destination.batch:
                     await self._post_batch(destination, events)
@@ -218,6 +235,11 @@ class PayloadLogger:
             finally:
                 for _ in events:
                     queue.task_done()
+
+    @staticmethod
+    def _take_queued(queue: asyncio.Queue[PayloadEvent], events: list[PayloadEvent]) -> None:
+        while len(events) < BATCH_MAX and not queue.empty():
+            events.append(queue.get_nowait())
 
     async def _post_batch(self, destination: _Destination, events: list[PayloadEvent]) -> None:
         size = sum(len(e.body.data) for e in events)

@@ -31,3 +31,25 @@ def test_a_deeply_nested_body_is_logged_as_base64_and_the_batch_survives(depth):
 def test_a_body_that_is_not_json_is_logged_as_base64():
     (event,) = json.loads(encode_batch([_event("1", b"{nope")]))
     assert base64.b64decode(event["data_base64"]) == b"{nope"
+
+
+def _strict(constant: str):
+    raise AssertionError(f"{constant} is not JSON")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"instances": [{"tenure": NaN}]}',
+        b'{"instances": [{"tenure": 1e400}]}',
+        b"[" + b"9" * 400 + b"]",
+        b'\xef\xbb\xbf{"instances": []}',
+        b'{"x": "\\ud800"}',
+        b"\xff\xfe",
+    ],
+)
+def test_a_body_strict_json_cannot_carry_goes_as_base64_and_the_batch_stays_strict_json(body):
+    good = b'{"instances": [{"tenure": 1}]}'
+    decoded = json.loads(encode_batch([_event("1", body), _event("2", good)]), parse_constant=_strict)
+    assert base64.b64decode(decoded[0]["data_base64"]) == body
+    assert decoded[1]["data"] == {"instances": [{"tenure": 1}]}

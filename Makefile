@@ -49,11 +49,14 @@ test: venv e2e-tools ## Set up and run the whole test suite (as CI does)
 	@mkdir -p $${SHEPHERD_CACHE:-$$HOME/.cache/shepherd}; (./scripts/image.sh > $${SHEPHERD_CACHE:-$$HOME/.cache/shepherd}/image-build.log 2>&1 &)
 	@$(PY) -m pytest
 
-e2e-tools: ## Prometheus and Alertmanager (Debian packages) for the end-to-end tests
-	@command -v prometheus >/dev/null && command -v prometheus-alertmanager >/dev/null || { \
-	  echo "installing prometheus and prometheus-alertmanager (Debian packages)"; \
-	  (apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager >/dev/null 2>&1 || \
-	   { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager; }); }
+E2E_PACKAGES = prometheus prometheus-alertmanager postgresql
+
+e2e-tools: ## Prometheus, Alertmanager and PostgreSQL (Debian packages) for the end-to-end tests
+	@command -v prometheus >/dev/null && command -v prometheus-alertmanager >/dev/null && \
+	  ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { \
+	  echo "installing $(E2E_PACKAGES) (Debian packages)"; \
+	  (apt-get install -y -qq --no-install-recommends $(E2E_PACKAGES) >/dev/null 2>&1 || \
+	   { apt-get update -qq && apt-get install -y -qq --no-install-recommends $(E2E_PACKAGES); }); }
 
 test-fast: venv ## Unit tests only (seconds)
 	@$(PY) -m pytest tests/unit
@@ -75,6 +78,7 @@ format: venv ## Apply ruff's fixes and formatting
 bench: venv e2e-tools ## Pipeline runs, serving vs MLServer (wrk), time to rollback; writes docs/benchmarks.md
 	@command -v wrk >/dev/null || { echo "installing wrk (Debian package)"; apt-get install -y -qq wrk; }
 	@$(PY) -m benchmarks.pipeline_runs --output docs/benchmarks.md
+	@$(PY) -m benchmarks.pipeline_runners --output docs/benchmarks.md
 	@$(PY) -m benchmarks.serving --output docs/benchmarks.md
 	@$(PY) -m benchmarks.rollback --output docs/benchmarks.md
 

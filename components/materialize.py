@@ -10,7 +10,6 @@ from components.adapter import step
 def materialize_op(spec_yaml: str, feature_repo: str, feature_rows: dsl.Input[dsl.Dataset]):
     """Publish the feature rows and definitions to `feature_repo`, then materialize up to now."""
     from datetime import UTC, datetime
-    from pathlib import Path
 
     import pandas as pd
 
@@ -19,7 +18,7 @@ def materialize_op(spec_yaml: str, feature_repo: str, feature_rows: dsl.Input[ds
     from components.spec import parse_spec
 
     spec = parse_spec(spec_yaml)
-    store = features.open_store(Path(feature_repo))
+    store = features.open_store(feature_repo)
     features.publish_features(store, spec, pd.read_parquet(feature_rows.path))
     features.materialize_online(store, spec, datetime.now(UTC))
     say(f"materialize: {features.feature_view_name(spec)} published and loaded into the online store")

@@ -47,6 +47,7 @@ logger = logging.getLogger("shepherd.webhook")
 ENV_TOKEN = "SHEPHERD_WEBHOOK_TOKEN"
 ENV_NAMESPACE = "SHEPHERD_NAMESPACE"
 ENV_KFP_HOST = "SHEPHERD_KFP_HOST"
+ENV_FEATURE_REPO = "SHEPHERD_FEATURE_REPO"
 ENV_DRIFT_URL = "SHEPHERD_DRIFT_URL"
 # Alertmanager's payload for one group: a few KB per alert, so this holds hundreds of alerts.
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -338,7 +339,10 @@ def main(argv: list[str] | None = None) -> int:
         "--drift-url", default=os.environ.get(ENV_DRIFT_URL, ""), help="for retraining runs [env: SHEPHERD_DRIFT_URL]"
     )
     parser.add_argument(
-        "--feature-repo", default=IMAGE_FEATURE_REPO, help="for retraining runs on KFP: the Feast repo in the image"
+        "--feature-repo",
+        default=os.environ.get(ENV_FEATURE_REPO) or IMAGE_FEATURE_REPO,
+        help="for retraining runs on KFP: the Feast store (a postgresql:// URI every step pod shares; default: "
+        f"the repo directory in the image) [env: {ENV_FEATURE_REPO}]",
     )
     parser.add_argument("--home", type=Path, default=Path(".shepherd"), help="local retraining runs' home")
     parser.add_argument("--cooldown-seconds", type=float, default=3600, help="at most one retraining per model per ...")

@@ -1,7 +1,14 @@
-"""Running the training DAG on one machine with `kfp.local.SubprocessRunner` (the embedded default).
+"""Running the training DAG on one machine with `kfp.local`: the same compiled DAG a KFP server runs.
 
-The compiled DAG is the same one a KFP server runs; each step runs as a subprocess of this
-interpreter, so the project's own venv provides every import and nothing is downloaded.
+Two runners (`shepherd run --runner`):
+- `subprocess` (the embedded default): each step is a subprocess of this interpreter; the project's
+  venv provides every import, and the steps share this machine's files (SQLite registry, repo dir).
+- `docker`: KFP's own DockerRunner starts each step in the Shepherd image (`SHEPHERD_IMAGE`) as the
+  chart runs pods: uid 10001, read-only root filesystem, `/tmp` the only writable path, no
+  capabilities, the host's network. The steps share nothing but the KFP artifacts under the pipeline
+  root (mounted at the same path) and the stores, so the tracking URI must be an MLflow server
+  (http[s]://) and the feature repo a PostgreSQL URI, as on a cluster. `DOCKER_HOST` names the
+  daemon; podman's `podman system service` socket works (README, "Run the steps in containers").
 """
 
 from __future__ import annotations
@@ -30,6 +37,43 @@ STEP_OF_TASK = {
     "register-op": "register",
     "deploy-op": "deploy",
 }
+
+
+RUNNERS = ("subprocess", "docker")
+
+# The chart's securityContext for the step containers (helm/shepherd/values.yaml), plus the host's
+# network: the stores are on this machine's loopback, as a cluster's are behind Services.
+STEP_CONTAINER = {
+    "user": "10001:10001",
+    "read_only": True,
+    "tmpfs": {"/tmp": "rw,mode=1777"},
+    "cap_drop": ["ALL"],
+    "network_mode": "host",
+}
+
+
+def kfp_runner(kind: str, settings: Settings):
+    """The `kfp.local` runner for `kind`; refuses a docker run whose stores the containers cannot share."""
+    from kfp import local
+
+    if kind == "subprocess":
+        return local.SubprocessRunner(use_venv=False)
+    if kind != "docker":
+        raise PipelineRunError(f"runner: {kind!r} is not one of {', '.join(RUNNERS)}")
+    unshared = []
+    if not settings.tracking_uri.startswith(("http://", "https://")):
+        unshared.append(f"the tracking URI {settings.tracking_uri!r} (needs an MLflow server, http[s]://)")
+    if not features.is_postgres(settings.feature_repo):
+        unshared.append(f"the feature repo {settings.feature_repo!r} (needs a postgresql:// URI)")
+    if unshared:
+        raise PipelineRunError(
+            "runner docker: each step runs in its own container and shares only the stores; "
+            + " and ".join(unshared)
+            + " would stay in the container that wrote it",
+            hint="start `mlflow server` on a database and pass --tracking-uri http://..., and set "
+            "SHEPHERD_FEATURE_REPO=postgresql://user:password@host:port/database",
+        )
+    return local.DockerRunner(**STEP_CONTAINER)
 
 
 @dataclass
@@ -133,43 +177,46 @@ class _ProgressFilter(io.TextIOBase):
         self._log.flush()
 
 
-def run_local(spec: ModelSpec, settings: Settings, verbose: bool = False, serving_target: str = "") -> LocalRun:
-    """Run the whole DAG locally for `spec`; raises PipelineRunError naming the failed step.
+def run_local(
+    spec: ModelSpec, settings: Settings, verbose: bool = False, serving_target: str = "", runner: str = "subprocess"
+) -> LocalRun:
+    """Run the whole DAG locally for `spec` with `runner` (RUNNERS); raises PipelineRunError naming the
+    failed step.
 
     The full output of every step goes to `<home>/logs/`; the terminal shows progress lines only
     (everything with `verbose`). With `serving_target`, a promoted model is applied to that plane.
     """
+    kfp_runner(runner, settings)  # a run that cannot work is refused before anything starts
     settings.home.mkdir(parents=True, exist_ok=True)
     log_dir = settings.home / "logs"
     log_dir.mkdir(exist_ok=True)
     log_path = log_dir / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
     if verbose:
-        return _run(spec, settings, log_path, serving_target)
+        return _run(spec, settings, log_path, serving_target, runner)
     with open(log_path, "w") as log:
         progress = _ProgressFilter(log, sys.__stderr__)
         with contextlib.redirect_stdout(progress), contextlib.redirect_stderr(progress):
-            return _run(spec, settings, log_path, serving_target)
+            return _run(spec, settings, log_path, serving_target, runner)
 
 
-def _run(spec: ModelSpec, settings: Settings, log_path: Path, serving_target: str) -> LocalRun:
+def _run(spec: ModelSpec, settings: Settings, log_path: Path, serving_target: str, runner: str) -> LocalRun:
     from kfp import local
 
     from pipelines.pipeline import training_pipeline
 
     settings.pipeline_root.mkdir(parents=True, exist_ok=True)
-    features.ensure_repo(settings.feature_repo)
-    local.init(
-        runner=local.SubprocessRunner(use_venv=False),
-        pipeline_root=str(settings.pipeline_root),
-        raise_on_error=True,
-    )
+    if runner == "docker":  # the steps' uid 10001 writes its outputs there (on a cluster: fsGroup)
+        settings.pipeline_root.chmod(0o777)
+    if not features.is_postgres(settings.feature_repo):
+        features.ensure_repo(Path(settings.feature_repo))
+    local.init(runner=kfp_runner(runner, settings), pipeline_root=str(settings.pipeline_root), raise_on_error=True)
     started = time.time()
     with _failure_record(log_path.with_suffix(".failure.json")) as record:
         try:
             training_pipeline(
                 spec_yaml=spec.to_yaml(),
                 tracking_uri=settings.tracking_uri,
-                feature_repo=str(settings.feature_repo),
+                feature_repo=settings.feature_repo,
                 serving_target=serving_target,
             )
         except RuntimeError as exc:

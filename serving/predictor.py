@@ -354,7 +354,7 @@ def feast_lookup(repo: str, spec: ModelSpec):
     """Entity keys -> feature dicts from the Feast online store (None for keys it does not know)."""
     from components import features
 
-    store = features.open_store(Path(repo))
+    store = features.open_store(repo)
     names = spec.feature_names
 
     def lookup(keys: list) -> list[dict | None]:

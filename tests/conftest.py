@@ -54,3 +54,15 @@ def registered_churn(tmp_path_factory, churn_spec, churn_frame):
     registered = train_and_register(churn_spec, churn_frame, uri, home)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     return {"tracking_uri": uri, "version": registered.version, "home": home}
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server (Debian's package) for the session; each user creates its own database."""
+    from tests.support import postgres as server
+
+    running = server.start()
+    try:
+        yield running
+    finally:
+        server.stop(running)

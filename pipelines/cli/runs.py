@@ -45,6 +45,15 @@ def run(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Show every step's full output, not just progress.")
     ] = False,
+    runner: Annotated[
+        str,
+        typer.Option(
+            "--runner",
+            help="subprocess: steps in this venv, sharing this machine's files. docker: each step in the Shepherd "
+            "image through DOCKER_HOST (podman's socket works), sharing only KFP artifacts and the stores, so "
+            "--tracking-uri must be an MLflow server and SHEPHERD_FEATURE_REPO a postgresql:// URI.",
+        ),
+    ] = "subprocess",
 ) -> None:
     """Run the whole training DAG on this machine (kfp.local, no cluster).
 
@@ -63,12 +72,15 @@ def run(
     settings = Settings.from_env(home=home, tracking_uri=tracking_uri)
     plane = PlaneProcess.find(settings.home)
     console.print(f"[bold]shepherd run[/] {model_spec.name} from {spec} (state in {settings.home})")
+    if runner == "docker" and plane:
+        console.print("with --runner docker the deploy step renders the object only (the plane's token stays here)")
+        plane = None
     console.print(
         f"serving plane: {plane.url} (a promoted model is deployed there)"
         if plane
         else "serving plane: not running (`shepherd up` starts one; the deploy step only renders the object)"
     )
-    result = run_local(model_spec, settings, verbose=verbose, serving_target=plane.url if plane else "")
+    result = run_local(model_spec, settings, verbose=verbose, serving_target=plane.url if plane else "", runner=runner)
     console.print(f"[green]done[/] in {result.seconds:.1f} s; step outputs in {result.run_dir}", soft_wrap=True)
     console.print(f"full log: {result.log_path}", soft_wrap=True)
     if result.unchanged_since:
@@ -106,7 +118,14 @@ def submit(
         str, typer.Option("--tracking-uri", help="MLflow server the pipeline's pods reach, e.g. http://mlflow:5000")
     ],
     feature_repo: Annotated[
-        str, typer.Option("--feature-repo", help="Feast repo path inside the platform image.")
+        str,
+        typer.Option(
+            "--feature-repo",
+            envvar="SHEPHERD_FEATURE_REPO",
+            help="The Feast store the steps share: a postgresql://user:password@host:port/database URI "
+            "(registry, offline rows and online store in that database). Default: the repo directory in the "
+            "image, which each step pod keeps to itself.",
+        ),
     ] = IMAGE_FEATURE_REPO,
     spec: SpecOption = DEFAULT_SPEC,
     experiment: Annotated[str, typer.Option(help="KFP experiment to file the run under.")] = "shepherd",

@@ -262,6 +262,7 @@ def test_components_run_the_commands_the_code_defines():
     webhook_env = {e["name"]: e for e in pods["webhook"]["containers"][0]["env"]}
     assert webhook_env["SHEPHERD_NAMESPACE"]["value"] == "models"
     assert webhook_env["SHEPHERD_KFP_HOST"]["value"] == "http://ml-pipeline.kubeflow.svc:8888"
+    assert webhook_env["SHEPHERD_FEATURE_REPO"]["value"] == "postgresql://feast@feast-db.data.svc:5432/feast"
     # The token is a mounted file from the user's Secret, never a plain value in the pod spec.
     assert "SHEPHERD_WEBHOOK_TOKEN" not in webhook_env
     assert "--token-file=/etc/shepherd/webhook/token" in command["webhook"]

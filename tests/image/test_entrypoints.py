@@ -1,7 +1,8 @@
 """Every Shepherd process runs from the real image, as the Helm chart runs it (uid 10001, read-only root
-filesystem, only /tmp writable, no capabilities): `mlflow server` with proxied artifacts, the predictor
-serving a model registered through that server (V1 and V2 answered, equal to the model in this
-process), the drift service, the alert webhook, the rollout controller, the CLI and the KFP executor."""
+filesystem, only /tmp writable, no capabilities): `mlflow server` on PostgreSQL with proxied artifacts,
+the predictor serving a model registered through that server (V1 and V2 answered, equal to the model in
+this process), the drift service, the alert webhook, the rollout controller, the CLI, the KFP executor,
+and Feast on a PostgreSQL store shared with this process."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from components import train
+from components import features, train
 from pipelines.direct import train_and_register
 from serving.local_plane import free_port
 from serving.predictor import predictor_command
@@ -41,13 +42,16 @@ def _wait_answering(url: str, name: str, seconds: float = 180) -> None:
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(image, tmp_path_factory):
-    """`mlflow server` from the image, its store on a volume (the chart's PVC), artifacts proxied."""
+def mlflow_server(image, tmp_path_factory, postgres):
+    """`mlflow server` from the image as the chart runs it with an external database: the backend store
+    in PostgreSQL (`postgresql://`, the URI form MLflow documents), artifacts on a volume (the chart's
+    PVC), proxied to clients."""
     store = tmp_path_factory.mktemp("mlflow-volume")
     store.chmod(0o777)  # the container's uid 10001 writes there, as fsGroup allows on a cluster
+    backend = postgres.create_database("mlflow_image").replace("postgresql+psycopg://", "postgresql://")
     port = free_port()
     command = ["mlflow", "server", "--host=127.0.0.1", f"--port={port}", "--serve-artifacts"]
-    command += ["--backend-store-uri=sqlite:////mlflow/mlflow.db", "--artifacts-destination=/mlflow/artifacts"]
+    command += [f"--backend-store-uri={backend}", "--artifacts-destination=/mlflow/artifacts"]
     command += ["--allowed-hosts=localhost*,127.0.0.1*", "--workers=1"]
     with started(image, *command, volumes={store: "/mlflow"}) as name:
         url = f"http://127.0.0.1:{port}"
@@ -148,3 +152,28 @@ def test_the_rollout_controller_runs_and_reports_an_unreachable_backend(image, r
             assert time.monotonic() < deadline, httpx.get(metrics).text[-2000:]
             time.sleep(0.5)
         assert running(name)  # backing off, not exiting
+
+
+def test_feast_in_the_image_publishes_to_a_postgres_store_this_process_reads(image, postgres, churn_spec, churn_frame):
+    """The materialize step's code in a container writes Feast's registry, offline rows and online store to
+    one PostgreSQL database; this process (another pod, on a cluster) reads the online values back."""
+    location = postgres.create_database("feast_image")
+    script = """
+import sys
+from datetime import UTC, datetime
+import pandas as pd
+from components import features
+from components.spec import load_spec
+spec = load_spec("/opt/shepherd/share/shepherd/specs/churn.yaml")
+rows = pd.read_json(sys.stdin, orient="records", convert_dates=["event_timestamp"])
+store = features.open_store(sys.argv[1])
+print(features.publish_features(store, spec, rows))
+features.materialize_online(store, spec, datetime.now(UTC))
+"""
+    rows = churn_frame[[churn_spec.entity.key, "event_timestamp", *churn_spec.feature_names]].head(ROWS)
+    result = run(image, "python", "-c", script, location, stdin=rows.to_json(orient="records", date_format="iso"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "offline_churn_feature_rows" in result.stdout.splitlines()  # then Feast's materialize progress
+    online = features.online_features(features.open_store(location), churn_spec, rows[churn_spec.entity.key].tolist())
+    assert online["monthly_charges"].tolist() == pytest.approx(rows["monthly_charges"].tolist())
+    assert online["contract"].tolist() == rows["contract"].tolist()

@@ -54,10 +54,14 @@ def hardened(image: str, *command: str, volumes: dict[Path, str] | None = None) 
     return [*args, image, *command]
 
 
-def run(image: str, *command: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
-    """Run `command` to completion in a hardened container from `image`."""
+def run(
+    image: str, *command: str, timeout: float = 300, stdin: str | None = None, **kwargs
+) -> subprocess.CompletedProcess:
+    """Run `command` to completion in a hardened container from `image` (`stdin` fed to it)."""
+    interactive = ["--interactive"] if stdin is not None else []
     return subprocess.run(
-        ["podman", "run", "--rm", *hardened(image, *command, **kwargs)],
+        ["podman", "run", "--rm", *interactive, *hardened(image, *command, **kwargs)],
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -338,3 +338,15 @@ def test_shepherd_run_exits_with_the_code_of_the_steps_error(tmp_path, source, c
     assert said in " ".join(result.stderr.split())  # rich wraps long lines
     assert "Traceback" not in result.stderr
     assert list((tmp_path / "home" / "logs").glob("*.failure.json"))  # the record the step left
+
+
+def test_run_in_containers_with_stores_only_this_machine_has_is_refused_with_the_fix(tmp_path):
+    """`shepherd run --runner docker` on the embedded default's SQLite registry and repo directory: the
+    steps' containers would each keep their own copy, so the CLI refuses before anything starts."""
+    result = _invoke("run", "--runner", "docker", "--home", str(tmp_path), env={"SHEPHERD_FEATURE_REPO": ""})
+    assert result.exit_code == 6, result.output
+    assert "runner docker" in result.output and "sqlite" in result.output
+    assert "mlflow server" in result.output and "postgresql://" in result.output
+    assert not (tmp_path / "pipeline-root").exists()
+    unknown = _invoke("run", "--runner", "kubernetes", "--home", str(tmp_path))
+    assert unknown.exit_code == 6 and "'kubernetes' is not one of subprocess, docker" in unknown.output

@@ -202,6 +202,10 @@ app.kubernetes.io/part-of: shepherd
 - name: SHEPHERD_KFP_HOST
   value: {{ . | quote }}
 {{- end }}
+{{- with $v.webhook.featureRepo }}
+- name: SHEPHERD_FEATURE_REPO
+  value: {{ . | quote }}
+{{- end }}
 {{- /* Retraining runs point their predictors' payload logger at the drift service. */}}
 - name: SHEPHERD_DRIFT_URL
   value: {{ include "shepherd.driftUrl" .root | quote }}

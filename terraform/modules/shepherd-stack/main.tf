@@ -22,6 +22,8 @@ locals {
     var.mlflow_external_url == null ? [] : [{ name = "mlflow.externalUrl", value = var.mlflow_external_url }],
     var.webhook_token_existing_secret == null ? [] : [{ name = "webhook.token.existingSecret", value = var.webhook_token_existing_secret }],
     var.kfp_endpoint == null ? [] : [{ name = "webhook.kfpHost", value = var.kfp_endpoint }],
+    var.feature_repo == null ? [] : [{ name = "webhook.featureRepo", value = var.feature_repo }],
+    var.mlflow_backend_store_existing_secret == null ? [] : [{ name = "mlflow.backendStore.existingSecret", value = var.mlflow_backend_store_existing_secret }],
   )
 
   # kube-prometheus-stack set up to pick up what Shepherd's chart ships (helm/shepherd/README.md):

@@ -79,6 +79,23 @@ variable "mlflow_external_url" {
   }
 }
 
+variable "mlflow_backend_store_existing_secret" {
+  type        = string
+  description = "Name of an existing Secret in shepherd_namespace holding the chart MLflow server's backend store URI (key `uri`), e.g. postgresql://mlflow:...@db:5432/mlflow; null keeps SQLite on the server's volume (one replica only)."
+  default     = null
+}
+
+variable "feature_repo" {
+  type        = string
+  description = "Feast store of retraining runs: a postgresql://user:password@host:port/database URI holding the registry, offline rows and online store that every step pod shares; null leaves each step pod its own (lost with it)."
+  default     = null
+
+  validation {
+    condition     = var.feature_repo == null || can(regex("^postgres(ql)?(\\+psycopg)?://", var.feature_repo))
+    error_message = "feature_repo must be a postgresql:// URI."
+  }
+}
+
 variable "shepherd_monitoring_enabled" {
   type        = bool
   description = "Install Shepherd's PrometheusRules, ServiceMonitors and Alertmanager routes (needs the Prometheus Operator CRDs, e.g. from kube-prometheus-stack)."

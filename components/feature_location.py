@@ -1,0 +1,77 @@
+"""Where the Feast feature store lives: one string, `feature_repo` everywhere (the pipeline parameter,
+`shepherd run|submit`, `SHEPHERD_FEATURE_REPO`, the predictor, the webhook), either
+
+- a directory holding `feature_store.yaml`; an empty one gets the embedded default (file offline store
+  with Parquet rows, SQLite online store, file registry): one machine, one filesystem; or
+- a PostgreSQL URI, `postgresql://user:password@host:port/database[?sslmode=...]`: that one database
+  holds Feast's registry (SQL registry), the offline rows (a table per model) and the online store,
+  which is what separate pods share on a cluster. The password may come from `PGPASSWORD` instead of
+  the URI (keep it out of run parameters: a Secret in the pod's environment); `sslmode` defaults to
+  Feast's `require`.
+
+No heavy imports here: the CLI's settings ask `is_postgres` at start.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from components.errors import PipelineRunError
+
+POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
+
+
+def is_postgres(location: str | Path) -> bool:
+    return urlsplit(str(location)).scheme in POSTGRES_SCHEMES
+
+
+def postgres_config(uri: str):
+    """Feast's RepoConfig with the registry, the offline and the online store in the database at `uri`."""
+    from feast.repo_config import RepoConfig
+    from sqlalchemy.engine import URL
+
+    parts = urlsplit(uri)
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    database = parts.path.lstrip("/")
+    password = unquote(parts.password) if parts.password is not None else os.environ.get("PGPASSWORD")
+    required = {"user": parts.username, "host": parts.hostname, "database": database}
+    missing = [name for name, value in required.items() if not value]
+    if password is None:
+        missing.append("password (in the URI or PGPASSWORD)")
+    if missing:
+        raise PipelineRunError(
+            f"feature_repo: the PostgreSQL URI lacks {', '.join(missing)}",
+            hint="write it as postgresql://user:password@host:port/database (or the password in PGPASSWORD)",
+        )
+    connection = {
+        "type": "postgres",
+        "host": parts.hostname,
+        "port": parts.port or 5432,
+        "database": database,
+        "user": unquote(parts.username),
+        "password": password,
+        "sslmode": query.get("sslmode", "require"),
+    }
+    registry = URL.create(
+        "postgresql+psycopg",
+        username=connection["user"],
+        password=unquote(parts.password) if parts.password is not None else None,  # else libpq reads PGPASSWORD
+        host=parts.hostname,
+        port=connection["port"],
+        database=database,
+        query={"sslmode": connection["sslmode"]},
+    )
+    return RepoConfig(
+        project="shepherd",
+        provider="local",
+        registry={
+            "registry_type": "sql",
+            "path": registry.render_as_string(hide_password=False),
+            "cache_ttl_seconds": 60,
+        },
+        online_store=connection,
+        offline_store=connection,
+        entity_key_serialization_version=3,
+    )

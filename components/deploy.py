@@ -42,11 +42,11 @@ def canary_in_flight(current: dict | None, new_version: str) -> tuple[str, int] 
     """(version, percent) of a canary still rolling out on `current` that deploying `new_version`
     would replace, or None."""
     from serving.inference_service import ANNOTATION_VERSION
-    from serving.rollout.loop import canary_percent
+    from serving.inference_service_view import InferenceServiceView
 
     if current is None:
         return None
-    percent = canary_percent(current)
+    percent = InferenceServiceView(current).canary_percent
     version = current["metadata"].get("annotations", {}).get(ANNOTATION_VERSION)
     if percent is None or version is None or str(version) == str(new_version):
         return None

@@ -85,6 +85,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
 from serving import children
+from serving.inference_service_view import InferenceServiceView
 from serving.payload_logger import DEFAULT_QUEUE_SIZE, ENV_QUEUE_SIZE, Body, PayloadLogger, inference_events
 from serving.plane_metrics import PlaneMetrics, exposition
 from serving.upstream import Upstream, UpstreamTimeout, UpstreamUnavailable
@@ -140,58 +141,6 @@ class Deployment:
     canary: Revision | None = None
     canary_percent: int = 0
     events: list[dict] = field(default_factory=list)
-
-
-def _model_uri(predictor: dict) -> str:
-    for arg in predictor["containers"][0].get("args", []):
-        if arg.startswith("--model_uri="):
-            return arg.split("=", 1)[1]
-    raise ValueError("spec.predictor.containers[0].args: no --model_uri=... argument")
-
-
-def _version_of(model_uri: str) -> str:
-    return model_uri.rsplit("/", 1)[-1].split("@")[-1]
-
-
-def desired_revisions(obj: dict) -> tuple[tuple[str, str], tuple[str, str] | None, int]:
-    """(champion model_uri, version), (canary model_uri, version) or None, canary percent."""
-    spec = obj["spec"]
-    predictor_uri = _model_uri(spec["predictor"])
-    if spec.get("canary"):  # Standard mode: spec.predictor is the champion
-        canary = spec["canary"][0]
-        canary_uri = _model_uri(canary["predictor"])
-        return (
-            (predictor_uri, _version_of(predictor_uri)),
-            (canary_uri, _version_of(canary_uri)),
-            int(canary["trafficPercent"]),
-        )
-    if "canaryTrafficPercent" in spec["predictor"]:  # Knative: the predictor is the new revision
-        annotations = obj["metadata"].get("annotations", {})
-        champion_version = annotations.get("shepherd.io/champion-version")
-        if champion_version is None:
-            raise ValueError("a Knative canary needs the shepherd.io/champion-version annotation")
-        name = predictor_uri.removeprefix("models:/").split("/")[0].split("@")[0]
-        champion_uri = f"models:/{name}/{champion_version}"
-        return (
-            (champion_uri, champion_version),
-            (predictor_uri, _version_of(predictor_uri)),
-            int(spec["predictor"]["canaryTrafficPercent"]),
-        )
-    return (predictor_uri, _version_of(predictor_uri)), None, 0
-
-
-def revision_env(obj: dict, role: str) -> dict[str, str]:
-    """The SHEPHERD_* environment the object sets on `role`'s predictor container (e.g. fault injection).
-    In Knative mode the object only describes the newest revision (the canary)."""
-    spec = obj["spec"]
-    if role == "canary":
-        predictor = spec["canary"][0]["predictor"] if spec.get("canary") else spec["predictor"]
-    elif spec.get("canary") or "canaryTrafficPercent" not in spec["predictor"]:
-        predictor = spec["predictor"]
-    else:
-        return {}
-    env = predictor["containers"][0].get("env") or []
-    return {e["name"]: str(e.get("value", "")) for e in env if e["name"].startswith("SHEPHERD_")}
 
 
 def free_port() -> int:
@@ -399,7 +348,8 @@ class Plane:
 
         meta = obj["metadata"]
         key = f"{meta.get('namespace', 'default')}/{meta['name']}"
-        (champion_uri, champion_v), canary, percent = desired_revisions(obj)
+        view = InferenceServiceView(obj)
+        served, percent = view.served(), view.canary_percent or 0
         async with self.lock, httpx.AsyncClient() as client:
             current = self.deployments.get(key)
             if not restoring:
@@ -421,12 +371,9 @@ class Plane:
                 for rev in (current.champion, current.canary):
                     if rev is not None:
                         running[rev.model_uri] = rev
-            wanted = [(champion_uri, champion_v, "champion")]
-            if canary is not None:
-                wanted.append((canary[0], canary[1], "canary"))
             revisions = {}
-            for uri, version, role in wanted:
-                env = revision_env(obj, role)
+            for uri, version, role in ((m.model_uri, m.version, m.role) for m in served):
+                env = view.env(role)
                 rev = running.pop(uri, None)
                 if rev is not None and (rev.env != env or rev.role != role):
                     # Other settings, or a promoted canary whose metrics must now say `champion`:
@@ -445,8 +392,8 @@ class Plane:
             deployment.events.append(
                 {
                     "time": time.time(),
-                    "champion": champion_v,
-                    "canary": canary[1] if canary else None,
+                    "champion": served[0].version,
+                    "canary": served[1].version if len(served) > 1 else None,
                     "canaryPercent": percent,
                 }
             )
@@ -784,7 +731,7 @@ def create_app(plane: Plane, payload_queue_size: int = DEFAULT_QUEUE_SIZE, token
             if obj.get("metadata", {}).get("name") != name:
                 raise ValueError(f"metadata.name: must equal the name in the path ({name!r})")
             obj["metadata"]["namespace"] = namespace
-            desired_revisions(obj)
+            InferenceServiceView(obj).served()
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             return JSONResponse({"error": f"invalid InferenceService: {exc}"}, status_code=400)
         try:

@@ -126,17 +126,18 @@ def fault(
         console.print(f"[red]error:[/] --error-rate must be within 0..1, got {error_rate}")
         raise typer.Exit(2)
     from serving.backends import retry_on_conflict
+    from serving.inference_service_view import InferenceServiceView
 
     settings = Settings.from_env(home=home, tracking_uri=tracking_uri)
     target = serving_backend(backend, settings)
 
     def inject() -> None:  # read, change, write: again if the rollout loop wrote in between
         obj = target.get(namespace, model)
-        if obj is None or not obj["spec"].get("canary"):
+        if obj is None or InferenceServiceView(obj).mode != "standard":
             console.print(f"[yellow]{namespace}/{model} has no Standard-mode canary to inject faults into[/]")
             raise typer.Exit(1)
         obj.pop("status", None)
-        container = obj["spec"]["canary"][0]["predictor"]["containers"][0]
+        container = InferenceServiceView(obj).predictor("canary")["containers"][0]
         env = [e for e in container.get("env") or [] if e["name"] != ENV_FAULT_ERROR_RATE]
         container["env"] = env + ([{"name": ENV_FAULT_ERROR_RATE, "value": str(error_rate)}] if error_rate else [])
         target.apply(obj)

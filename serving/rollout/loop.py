@@ -12,7 +12,6 @@ cannot be written never holds back (or hides) a decision already made.
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from dataclasses import replace
@@ -20,6 +19,7 @@ from dataclasses import replace
 from components import registry
 from serving.backends import ConflictError, retry_on_conflict
 from serving.inference_service import ANNOTATION_CHAMPION, ANNOTATION_POLICY, ANNOTATION_VERSION
+from serving.inference_service_view import InferenceServiceView
 from serving.rollout import scrape
 from serving.rollout.gates import (
     GateResult,
@@ -50,34 +50,7 @@ TAG_ROLLOUT = "shepherd.rollout"  # on the canary's version: how its rollout end
 
 
 def canary_percent(obj: dict) -> int | None:
-    spec = obj["spec"]
-    if spec.get("canary"):
-        return int(spec["canary"][0]["trafficPercent"])
-    percent = spec["predictor"].get("canaryTrafficPercent")
-    return None if percent is None else int(percent)
-
-
-def with_canary_percent(obj: dict, percent: int) -> dict:
-    obj = copy.deepcopy(obj)
-    if obj["spec"].get("canary"):
-        obj["spec"]["canary"][0]["trafficPercent"] = percent
-    else:
-        obj["spec"]["predictor"]["canaryTrafficPercent"] = percent
-    return obj
-
-
-def promoted(obj: dict) -> dict:
-    """The object with the canary as the only predictor, at 100 %."""
-    obj = copy.deepcopy(obj)
-    spec = obj["spec"]
-    if spec.get("canary"):
-        spec["predictor"] = spec.pop("canary")[0]["predictor"]
-    else:
-        spec["predictor"].pop("canaryTrafficPercent", None)
-    obj["metadata"]["annotations"].pop(ANNOTATION_CHAMPION, None)
-    for container in spec["predictor"]["containers"]:
-        container["args"] = ["--role=champion" if a == "--role=canary" else a for a in container.get("args", [])]
-    return obj
+    return InferenceServiceView(obj).canary_percent
 
 
 def revisions(obj: dict) -> dict[str, Revision]:
@@ -90,12 +63,6 @@ def revisions(obj: dict) -> dict[str, Revision]:
         role = "canary" if entry.get("latestRevision") and len(traffic) > 1 else "champion"
         urls[role] = entry.get("url")
     return {role: Revision(role, str(version), urls.get(role)) for role, version in versions.items() if version}
-
-
-def has_payload_logger(obj: dict) -> bool:
-    spec = obj["spec"]
-    predictors = [spec["predictor"], *(c["predictor"] for c in spec.get("canary", []))]
-    return any((p.get("logger") or {}).get("url") for p in predictors)
 
 
 def _unavailable(source: str, exc: Exception) -> Unavailable:
@@ -139,7 +106,8 @@ def analyse(provider: MetricsProvider, obj: dict, policy: Policy, measurement) -
             floor_seconds=policy.latency_floor_seconds,
         ),
     ]
-    if has_payload_logger(obj):  # without payload logs there is no drift to measure, ever: not a gate then
+    # Without payload logs there is no drift to measure, ever: not a gate then.
+    if InferenceServiceView(obj).has_payload_logger:
         share: float | Unavailable | None
         psi: float | Unavailable | None
         try:
@@ -300,7 +268,8 @@ def _record(backend, obj: dict, decision: Decision, action: str, metrics, policy
 
 
 def _write(backend, obj: dict, decision: Decision, baseline: dict | None, policy: Policy) -> None:
-    new = promoted(obj) if decision.action is Action.PROMOTE else with_canary_percent(obj, decision.traffic(policy))
+    view = InferenceServiceView(obj)
+    new = view.promoted() if decision.action is Action.PROMOTE else view.with_canary_percent(decision.traffic(policy))
     new.pop("status", None)
     # resourceVersion: written only over what was read; a concurrent change makes the backend refuse.
     kept = ("name", "namespace", "labels", "annotations", "resourceVersion")

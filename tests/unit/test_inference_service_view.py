@@ -1,0 +1,80 @@
+"""The typed view of an InferenceService, on objects the real builder makes in both of KServe's canary
+shapes (Standard: spec.canary[]; Knative: canaryTrafficPercent on the newest predictor) and without a
+canary: what is served, the split, the per-revision settings, stepping and promoting."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from serving.inference_service import ANNOTATION_CHAMPION, build_inference_service
+from serving.inference_service_view import InferenceServiceView, ServedModel
+
+
+def _spec(churn_spec, mode: str):
+    return churn_spec.model_copy(update={"deployment": churn_spec.deployment.model_copy(update={"mode": mode})})
+
+
+@pytest.fixture(params=["Standard", "Knative"])
+def canary_obj(request, churn_spec):
+    return build_inference_service(_spec(churn_spec, request.param), "2", champion_version="1", canary_percent=10)
+
+
+def test_a_canary_object_names_both_models_and_the_split(canary_obj):
+    view = InferenceServiceView(canary_obj)
+    assert view.mode in ("standard", "knative")
+    assert view.served() == [
+        ServedModel("champion", "models:/churn/1", "1"),
+        ServedModel("canary", "models:/churn/2", "2"),
+    ]
+    assert view.canary_percent == 10
+
+
+def test_stepping_changes_only_the_split_and_leaves_the_original_alone(canary_obj):
+    before = copy.deepcopy(canary_obj)
+    stepped = InferenceServiceView(canary_obj).with_canary_percent(50)
+    assert canary_obj == before
+    assert InferenceServiceView(stepped).canary_percent == 50
+    assert InferenceServiceView(stepped).served() == InferenceServiceView(canary_obj).served()
+
+
+def test_promoting_leaves_the_canary_alone_at_full_traffic(canary_obj):
+    promoted = InferenceServiceView(canary_obj).promoted()
+    view = InferenceServiceView(promoted)
+    assert view.mode == "single" and view.canary_percent is None and view.canary is None
+    assert view.champion == ServedModel("champion", "models:/churn/2", "2")
+    assert ANNOTATION_CHAMPION not in promoted["metadata"]["annotations"]
+    args = promoted["spec"]["predictor"]["containers"][0]["args"]
+    assert "--role=champion" in args and "--role=canary" not in args
+
+
+def test_a_single_predictor_is_the_champion_at_full_traffic(churn_spec):
+    view = InferenceServiceView(build_inference_service(churn_spec, "1"))
+    assert view.mode == "single" and view.canary_percent is None
+    assert view.served() == [ServedModel("champion", "models:/churn/1", "1")]
+    assert view.env("canary") == {}
+
+
+def test_per_revision_settings_are_read_from_each_predictor(churn_spec):
+    obj = build_inference_service(_spec(churn_spec, "Standard"), "2", champion_version="1", canary_percent=10)
+    obj["spec"]["canary"][0]["predictor"]["containers"][0]["env"] = [
+        {"name": "SHEPHERD_FAULT_ERROR_RATE", "value": "0.5"},
+        {"name": "OTHER", "value": "x"},
+    ]
+    view = InferenceServiceView(obj)
+    assert view.env("canary") == {"SHEPHERD_FAULT_ERROR_RATE": "0.5"}
+    assert view.env("champion") == {}
+    knative = build_inference_service(_spec(churn_spec, "Knative"), "2", champion_version="1", canary_percent=10)
+    assert InferenceServiceView(knative).env("champion") == {}  # the object does not describe it
+
+
+def test_malformed_objects_are_refused_naming_the_field(churn_spec):
+    knative = build_inference_service(_spec(churn_spec, "Knative"), "2", champion_version="1", canary_percent=10)
+    del knative["metadata"]["annotations"][ANNOTATION_CHAMPION]
+    with pytest.raises(ValueError, match=ANNOTATION_CHAMPION):
+        InferenceServiceView(knative).served()
+    no_uri = build_inference_service(churn_spec, "1")
+    no_uri["spec"]["predictor"]["containers"][0]["args"] = ["--role=champion"]
+    with pytest.raises(ValueError, match="--model_uri"):
+        InferenceServiceView(no_uri).served()

@@ -22,6 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from components import features
 from components.errors import FAILURE_RECORD_ENV, FailureRecord, PipelineRunError
@@ -62,7 +63,7 @@ def kfp_runner(kind: str, settings: Settings):
         raise PipelineRunError(f"runner: {kind!r} is not one of {', '.join(RUNNERS)}")
     unshared = []
     if not settings.tracking_uri.startswith(("http://", "https://")):
-        unshared.append(f"the tracking URI {settings.tracking_uri!r} (needs an MLflow server, http[s]://)")
+        unshared.append(f"the tracking URI {_redacted(settings.tracking_uri)!r} (needs an MLflow server, http[s]://)")
     if not features.is_postgres(settings.feature_repo):
         unshared.append(f"the feature repo {settings.feature_repo!r} (needs a postgresql:// URI)")
     if unshared:
@@ -74,6 +75,14 @@ def kfp_runner(kind: str, settings: Settings):
             "SHEPHERD_FEATURE_REPO=postgresql://user:password@host:port/database",
         )
     return local.DockerRunner(**STEP_CONTAINER)
+
+
+def _redacted(uri: str) -> str:
+    """`uri` without its password (a database tracking URI may carry one), for messages."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
 
 
 @dataclass

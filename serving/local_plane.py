@@ -17,7 +17,10 @@ Inference (V1 and Open Inference Protocol):
   GET  /v2  GET /v2/health/live  GET /v2/health/ready          answered by the plane (ready: every
                                                                revision of every deployment is ready)
   An unknown model or version is a 404 in the error shape `{"error": "..."}`. The answering revision
-  is in the `x-shepherd-revision` and `x-shepherd-role` response headers.
+  is in the `x-shepherd-revision` and `x-shepherd-role` response headers. Every prediction has an id:
+  the request's `x-request-id` (the client's when usable, else the plane's own), sent to the predictor,
+  answered as a header and in the body (row i is `<id>-<i>`; V2: the `prediction_id` output), and the
+  `id` of its payload-log events (`serving/prediction_ids.py`).
   A revision whose connection drops under a request (a keep-alive connection it closed) is asked once
   more (inference is idempotent), then its successor if it was just replaced; only a revision that is
   really gone answers 503, and only to the requests routed to it (counted in
@@ -73,7 +76,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -84,7 +86,7 @@ from urllib.parse import urlsplit
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-from serving import children
+from serving import children, prediction_ids
 from serving.inference_service_view import InferenceServiceView
 from serving.payload_logger import DEFAULT_QUEUE_SIZE, ENV_QUEUE_SIZE, Body, PayloadLogger, inference_events
 from serving.plane_metrics import PlaneMetrics, exposition
@@ -574,6 +576,8 @@ def create_app(plane: Plane, payload_queue_size: int = DEFAULT_QUEUE_SIZE, token
         role = revision.role
         body = await request.body() if predicting else b""
         headers = upstream_headers(request.headers, infer_v2=predicting and path.startswith("/v2/"))
+        if predicting:  # decided here, so the payload log and the predictor's answer carry the same id
+            headers[prediction_ids.HEADER] = prediction_ids.request_id(headers)
 
         def successor() -> Revision | None:
             current = _find(name)
@@ -584,6 +588,8 @@ def create_app(plane: Plane, payload_queue_size: int = DEFAULT_QUEUE_SIZE, token
         revision, upstream = await _forward(revision, path, request, body, headers, successor)
         if isinstance(upstream, Response):  # the plane's own answer: no revision answered
             status, content, answer = upstream.status_code, upstream.body, {"content-type": "application/json"}
+            if predicting:
+                answer[prediction_ids.HEADER] = headers[prediction_ids.HEADER]
         else:
             status, content = upstream.status_code, upstream.content
             answer = {k: v for k, v in upstream.headers.items() if k in FORWARDED_RESPONSE_HEADERS}  # lower-case
@@ -600,7 +606,7 @@ def create_app(plane: Plane, payload_queue_size: int = DEFAULT_QUEUE_SIZE, token
         meta = deployment.obj["metadata"]
         events = inference_events(
             logger_spec.get("mode", "all"),
-            event_id=str(uuid.uuid4()),
+            event_id=request_headers[prediction_ids.HEADER],
             source=f"http://localhost/{revision.name}",
             inference_service=meta["name"],
             namespace=meta.get("namespace", "default"),

@@ -105,7 +105,7 @@ class PayloadEvent:
 def encode_batch(events: list[PayloadEvent]) -> bytes:
     """A JSON array of structured events. Each is encoded on its own: a body nested too deeply to encode
     again goes as `data_base64` instead of failing the whole batch (other clients' events). orjson,
-    because the plane encodes every prediction's two bodies: it is about 10x faster than `json` here."""
+    because the plane encodes every prediction's two bodies: 56 vs 261 µs per 32-row event with `json`."""
     return b"[" + b",".join(event.structured() for event in events) + b"]"
 
 

@@ -19,7 +19,6 @@ import random
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from components import registry
 from components.errors import RegistryError, ShepherdError
 from components.spec import ModelSpec, parse_spec
 from monitoring.metrics import OUTCOMES, ROLES, PredictorMetrics
+from serving import prediction_ids
 from serving.payload import PayloadError, PayloadParser, to_model_inputs
 
 logger = logging.getLogger("shepherd.predictor")
@@ -175,6 +175,7 @@ def make_model(name: str, loaded: LoadedVersion, role: str, metrics: PredictorMe
     output_types = [
         {"name": "probability", "datatype": "FP32", "shape": [-1]},
         {"name": "label", "datatype": "BYTES", "shape": [-1]},
+        {"name": "prediction_id", "datatype": "BYTES", "shape": [-1]},
     ]
 
     class ShepherdModel(kserve.Model):
@@ -208,20 +209,22 @@ def make_model(name: str, loaded: LoadedVersion, role: str, metrics: PredictorMe
         def preprocess(self, payload, headers=None):
             started = time.perf_counter()
             try:
+                ids = prediction_ids.request_id(headers)
                 if isinstance(payload, InferRequest):
                     columns = parser.from_v2(payload.inputs, payload.id)
-                    parsed = "v2", payload.id, columns, started, requested_outputs(payload, OUTPUT_NAMES)
+                    wanted = requested_outputs(payload, OUTPUT_NAMES)
+                    parsed = "v2", (payload.id or ids, ids), columns, started, wanted
                 else:
                     if isinstance(payload, bytes):  # a JSON type KServe does not know (with a charset, ...)
                         payload = parse_json_body(payload)
-                    parsed = "v1", None, parser.from_v1(payload), started, None
+                    parsed = "v1", (ids, ids), parser.from_v1(payload), started, None
             except PayloadError as exc:
                 raise ClientError(str(exc)) from None
             fault.strike("preprocess")
             return parsed
 
-        def predict(self, parsed, headers=None):
-            protocol, request_id, columns, started, wanted = parsed
+        def predict(self, parsed, headers=None, response_headers=None):
+            protocol, (response_id, request_id), columns, started, wanted = parsed
             fault.strike("predict")
             proba = loaded.score(to_model_inputs(spec, columns))
             probabilities = proba.tolist()  # Python floats: cheaper to compare and serialise than numpy scalars
@@ -230,28 +233,36 @@ def make_model(name: str, loaded: LoadedVersion, role: str, metrics: PredictorMe
             score_hist.observe_many(proba)
             duration.observe(time.perf_counter() - started)
             label = [positive if p >= threshold else negative for p in probabilities]
+            ids = prediction_ids.prediction_ids(request_id, n)
+            if response_headers is not None:
+                response_headers[prediction_ids.HEADER] = request_id
             if protocol == "v2":
                 use_binary, requested = wanted
                 return InferResponse(
-                    response_id=request_id or str(uuid.uuid4()),
+                    response_id=response_id,
                     model_name=self.name,
                     model_version=loaded.version,
                     infer_outputs=[
                         InferOutput("probability", [n], "FP32", probabilities),
                         InferOutput("label", [n], "BYTES", label),
+                        InferOutput("prediction_id", [n], "BYTES", ids),
                     ],
                     use_binary_outputs=use_binary,
                     requested_outputs=requested,
                 )
             return {
+                "id": request_id,
                 "model_version": loaded.version,
-                "predictions": [{"label": lab, "probability": p} for lab, p in zip(label, probabilities, strict=True)],
+                "predictions": [
+                    {"id": i, "label": lab, "probability": p}
+                    for i, lab, p in zip(ids, label, probabilities, strict=True)
+                ],
             }
 
-    return ShepherdModel(name)
+    return ShepherdModel(name, return_response_headers=True)
 
 
-OUTPUT_NAMES = ("probability", "label")  # what a V2 answer holds, in this order
+OUTPUT_NAMES = ("probability", "label", "prediction_id")  # what a V2 answer holds, in this order
 
 
 def requested_outputs(request, names: tuple[str, ...]) -> tuple[bool, list | None]:

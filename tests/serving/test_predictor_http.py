@@ -368,6 +368,7 @@ def test_v2_model_metadata_lists_inputs_outputs_and_version(server, churn_spec):
     assert metadata["outputs"] == [
         {"name": "probability", "datatype": "FP32", "shape": [-1]},
         {"name": "label", "datatype": "BYTES", "shape": [-1]},
+        {"name": "prediction_id", "datatype": "BYTES", "shape": [-1]},
     ]
     assert server.get("/v2/models/churn/versions/1").json() == metadata
 
@@ -523,7 +524,7 @@ def test_v2_binary_outputs_come_after_the_json_header(server, rows, expected, ch
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/octet-stream"
     header, decoded = _split_binary(response)
-    assert [o["name"] for o in header["outputs"]] == ["probability", "label"]
+    assert [o["name"] for o in header["outputs"]] == ["probability", "label", "prediction_id"]
     assert all("data" not in o for o in header["outputs"])
     np.testing.assert_allclose(decoded["probability"], expected, atol=1e-5)
     assert decoded["label"].tolist() == labels
@@ -543,7 +544,10 @@ def test_v2_binary_outputs_come_after_the_json_header(server, rows, expected, ch
 @pytest.mark.parametrize(
     "extra, expected",
     [
-        ({"outputs": [{"name": "score"}]}, "outputs[0].name: expected one of ['probability', 'label'], got 'score'"),
+        (
+            {"outputs": [{"name": "score"}]},
+            "outputs[0].name: expected one of ['probability', 'label', 'prediction_id'], got 'score'",
+        ),
         ({"outputs": [{"name": "label"}, {"name": "label"}]}, "outputs[label]: requested twice"),
         (
             {"outputs": [{"name": "label", "parameters": {"binary_data": "yes"}}]},

@@ -348,5 +348,10 @@ def test_run_in_containers_with_stores_only_this_machine_has_is_refused_with_the
     assert "runner docker" in result.output and "sqlite" in result.output
     assert "mlflow server" in result.output and "postgresql://" in result.output
     assert not (tmp_path / "pipeline-root").exists()
+    database = _invoke(
+        "run", "--runner", "docker", "--home", str(tmp_path), "--tracking-uri", "postgresql://ml:s3cret@db/mlflow"
+    )
+    assert database.exit_code == 6 and "postgresql://ml:***@db/mlflow" in database.output
+    assert "s3cret" not in database.output
     unknown = _invoke("run", "--runner", "kubernetes", "--home", str(tmp_path))
     assert unknown.exit_code == 6 and "'kubernetes' is not one of subprocess, docker" in unknown.output

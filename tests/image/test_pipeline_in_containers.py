@@ -2,8 +2,8 @@
 through podman's Docker-compatible socket), as pods run it: uid 10001, read-only root, sharing nothing
 but the KFP artifacts and the stores a cluster has, an MLflow server on PostgreSQL (artifacts proxied)
 and Feast in PostgreSQL. The champion is registered and rendered for deployment, the online store is
-loaded, an unchanged rerun trains nothing and new rows behind the same spec train again. (The
-challenger/canary logic is the same code in a container; tests/pipeline covers it.)"""
+loaded, a better challenger is rendered as a canary beside it, an unchanged rerun trains nothing, and
+new rows behind the same spec train again."""
 
 from __future__ import annotations
 
@@ -89,6 +89,19 @@ def test_the_materialize_step_loaded_the_shared_online_store(first_run, settings
     assert online["tenure"].iloc[0] == table["tenure"].iloc[0]
 
 
+def test_a_promoted_challenger_in_containers_is_rendered_as_a_canary(first_run, settings, spec):
+    challenger = spec.model_copy(
+        update={"training": spec.training.model_copy(update={"params": {"C": 0.5, "max_iter": 2000}})}
+    )
+    good = run_local(challenger, settings, runner="docker")
+    assert good.registered == ("2", "challenger")
+    isvc = yaml.safe_load((good.run_dir / "deploy-op" / "inference_service").read_text())
+    assert isvc["spec"]["canary"][0]["trafficPercent"] == 10
+    assert "--model_uri=models:/churn/1" in isvc["spec"]["predictor"]["containers"][0]["args"]
+    canary_args = isvc["spec"]["canary"][0]["predictor"]["containers"][0]["args"]
+    assert "--model_uri=models:/churn/2" in canary_args and "--role=canary" in canary_args
+
+
 def test_unchanged_inputs_train_nothing_and_new_rows_train_again(first_run, settings, spec, source):
     """Same spec, same code: a rerun trains nothing; once the data behind the source grows, the next run
     trains (extract is never served from a cache)."""
@@ -99,7 +112,7 @@ def test_unchanged_inputs_train_nothing_and_new_rows_train_again(first_run, sett
     grown = run_local(spec, settings, runner="docker")
     assert grown.unchanged_since is None and grown.registered is not None
     client = registry.connect(settings.tracking_uri)
-    assert sorted(str(v.version) for v in client.search_model_versions("name = 'churn'")) == ["1", "2"]
+    assert sorted(str(v.version) for v in client.search_model_versions("name = 'churn'")) == ["1", "2", "3"]
 
 
 def test_a_docker_run_with_stores_only_this_machine_has_is_refused_before_it_starts(tmp_path):

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-import pytest
-
 from serving.local_plane import free_port
+from tests.support.availability import unavailable
 
 INSTALL_HINT = "apt-get install postgresql (make e2e-tools does)"
 USER = "shepherd"
@@ -29,9 +28,7 @@ START_TIMEOUT_SECONDS = 60
 
 
 def _unavailable(reason: str) -> NoReturn:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI runs every test)")
-    pytest.skip(f"{reason}; {INSTALL_HINT}")
+    unavailable(reason, INSTALL_HINT)
 
 
 def _bindir() -> Path:

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import NoReturn
 
 import httpx
-import pytest
 import yaml
 
 from serving.local_plane import free_port
+from tests.support.availability import unavailable
 
 INSTALL_HINT = "apt-get install prometheus prometheus-alertmanager"
 PROMETHEUS = "prometheus"
@@ -31,9 +31,7 @@ READY_TIMEOUT_SECONDS = 60
 
 
 def _unavailable(reason: str) -> NoReturn:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI runs every test)")
-    pytest.skip(f"{reason}; install it with `{INSTALL_HINT}` to run this test")
+    unavailable(reason, f"install it with `{INSTALL_HINT}` to run this test")
 
 
 def binary(*names: str) -> str:

@@ -13,7 +13,7 @@ import subprocess
 from functools import cache
 from pathlib import Path
 
-import pytest
+from tests.support.availability import unavailable
 
 REPO = Path(__file__).resolve().parent.parent.parent
 SCRIPT = REPO / "scripts" / "go-tools.sh"
@@ -28,9 +28,7 @@ HOW_TO_GET = {
 
 
 def _unavailable(reason: str, name: str):
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI runs every test)")
-    pytest.skip(f"{reason}; {HOW_TO_GET[name]}")
+    unavailable(reason, HOW_TO_GET[name])
 
 
 @cache

@@ -27,11 +27,9 @@ def is_postgres(location: str | Path) -> bool:
     return urlsplit(str(location)).scheme in POSTGRES_SCHEMES
 
 
-def postgres_config(uri: str):
-    """Feast's RepoConfig with the registry, the offline and the online store in the database at `uri`."""
-    from feast.repo_config import RepoConfig
-    from sqlalchemy.engine import URL
-
+def postgres_connection(uri: str) -> dict:
+    """Feast's PostgreSQL store settings from `uri` (no Feast import: the CLI checks a URI up front);
+    raises PipelineRunError naming what the URI lacks."""
     parts = urlsplit(uri)
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     database = parts.path.lstrip("/")
@@ -40,27 +38,46 @@ def postgres_config(uri: str):
     missing = [name for name, value in required.items() if not value]
     if password is None:
         missing.append("password (in the URI or PGPASSWORD)")
+    try:
+        port = parts.port or 5432
+    except ValueError:
+        missing.append("a numeric port")
     if missing:
         raise PipelineRunError(
             f"feature_repo: the PostgreSQL URI lacks {', '.join(missing)}",
             hint="write it as postgresql://user:password@host:port/database (or the password in PGPASSWORD)",
         )
-    connection = {
+    return {
         "type": "postgres",
         "host": parts.hostname,
-        "port": parts.port or 5432,
+        "port": port,
         "database": database,
         "user": unquote(parts.username),
         "password": password,
         "sslmode": query.get("sslmode", "require"),
     }
+
+
+def check(location: str | Path) -> None:
+    """Refuse a PostgreSQL location that cannot work, before a run starts (a directory always can)."""
+    if is_postgres(location):
+        postgres_connection(str(location))
+
+
+def postgres_config(uri: str):
+    """Feast's RepoConfig with the registry, the offline and the online store in the database at `uri`."""
+    from feast.repo_config import RepoConfig
+    from sqlalchemy.engine import URL
+
+    connection = postgres_connection(uri)
+    password = urlsplit(uri).password
     registry = URL.create(
         "postgresql+psycopg",
         username=connection["user"],
-        password=unquote(parts.password) if parts.password is not None else None,  # else libpq reads PGPASSWORD
-        host=parts.hostname,
+        password=unquote(password) if password is not None else None,  # else libpq reads PGPASSWORD
+        host=connection["host"],
         port=connection["port"],
-        database=database,
+        database=connection["database"],
         query={"sslmode": connection["sslmode"]},
     )
     return RepoConfig(

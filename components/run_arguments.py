@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from components import feature_location
 from components.errors import PipelineRunError
 
 # The Feast repo inside the platform image, where a cluster run's steps find it.
@@ -39,6 +40,7 @@ class PipelineArguments:
         for name in ("spec_yaml", "tracking_uri", "feature_repo"):
             if not getattr(self, name):
                 raise PipelineRunError(f"pipeline argument {name}: required, a non-empty string")
+        feature_location.check(self.feature_repo)
 
     def for_package(self, package: Path) -> dict[str, str]:
         """The `arguments` KFP gets for a run of `package`: every parameter, checked against the

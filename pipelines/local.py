@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from components import features
+from components import feature_location, features
 from components.errors import FAILURE_RECORD_ENV, FailureRecord, PipelineRunError
 from components.spec import ModelSpec
 from pipelines.settings import Settings
@@ -196,6 +196,7 @@ def run_local(
     (everything with `verbose`). With `serving_target`, a promoted model is applied to that plane.
     """
     kfp_runner(runner, settings)  # a run that cannot work is refused before anything starts
+    feature_location.check(settings.feature_repo)
     settings.home.mkdir(parents=True, exist_ok=True)
     log_dir = settings.home / "logs"
     log_dir.mkdir(exist_ok=True)

@@ -5,7 +5,7 @@
 | SHEPHERD_HOME          | ./.shepherd                      | everything the embedded default writes    |
 | MLFLOW_TRACKING_URI    | sqlite:///$SHEPHERD_HOME/mlflow.db | the MLflow tracking server / registry   |
 | SHEPHERD_FEATURE_REPO  | $SHEPHERD_HOME/feature_repo      | the Feast store: a repo directory or a    |
-|                        |                                  | postgresql:// URI (components/features.py) |
+|                        |                                  | postgresql:// URI (feature_location.py)   |
 """
 
 from __future__ import annotations

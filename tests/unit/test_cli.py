@@ -17,6 +17,7 @@ import yaml
 from typer.testing import CliRunner
 
 from components.errors import FailureRecord, PipelineRunError, ShepherdError
+from components.run_arguments import PipelineArguments
 from pipelines.cli import app
 from tests.conftest import CHURN_SPEC, REPO
 
@@ -355,3 +356,18 @@ def test_run_in_containers_with_stores_only_this_machine_has_is_refused_with_the
     assert "s3cret" not in database.output
     unknown = _invoke("run", "--runner", "kubernetes", "--home", str(tmp_path))
     assert unknown.exit_code == 6 and "'kubernetes' is not one of subprocess, docker" in unknown.output
+
+
+@pytest.mark.parametrize(
+    ("uri", "lacks"),
+    [("postgresql://127.0.0.1:5432/feast", "user"), ("postgresql://feast@db:notaport/feast", "a numeric port")],
+)
+def test_an_incomplete_postgres_feature_repo_is_refused_before_the_run_starts(uri, lacks, tmp_path):
+    """Not minutes later, when the materialize step first opens the store."""
+    result = _invoke("run", "--home", str(tmp_path), env={"SHEPHERD_FEATURE_REPO": uri, "PGPASSWORD": "x"})
+    assert result.exit_code == 6, result.output
+    assert f"feature_repo: the PostgreSQL URI lacks {lacks}" in result.output
+    assert "postgresql://user:password@host:port/database" in result.output  # the fix
+    assert not (tmp_path / "pipeline-root").exists()
+    with pytest.raises(PipelineRunError, match="feature_repo: the PostgreSQL URI lacks"):
+        PipelineArguments(spec_yaml="x", tracking_uri="http://mlflow:5000", feature_repo=uri)

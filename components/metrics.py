@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from sklearn.metrics import (
     accuracy_score,
@@ -29,12 +31,13 @@ def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, bins: int 
 
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray, threshold: float) -> dict[str, float]:
-    """Every metric of `components.spec.METRICS` for positive-class probabilities `proba`."""
+    """Every metric of `components.spec.METRICS` for positive-class probabilities `proba`. ROC AUC is NaN
+    when `y_true` holds one class only (it ranks positives against negatives: undefined without both)."""
     y_true = np.asarray(y_true)
     proba = np.clip(np.asarray(proba, dtype=float), 1e-15, 1 - 1e-15)
     predicted = (proba >= threshold).astype(int)
     return {
-        "roc_auc": float(roc_auc_score(y_true, proba)),
+        "roc_auc": float(roc_auc_score(y_true, proba)) if len(np.unique(y_true)) == 2 else math.nan,
         "f1": float(f1_score(y_true, predicted, zero_division=0)),
         "accuracy": float(accuracy_score(y_true, predicted)),
         "precision": float(precision_score(y_true, predicted, zero_division=0)),

@@ -27,7 +27,15 @@ HTTP API:
   GET  /metrics                   Prometheus exposition
   GET  /models/<model>            latest results per revision and reference
   GET  /models/<model>/report     Evidently HTML (query: role, reference)
+  POST /models/<model>/feedback   labels for logged predictions (`monitoring/quality.py`; with --feature-repo)
+  GET  /models/<model>/quality    live quality per revision from the labelled predictions
   GET  /healthz
+
+With `--feature-repo` every paired prediction is also recorded in the outcome ledger that lives with the
+feature store (`components/outcomes.py`), labels come back through the feedback route, and live quality
+is computed with the drift (`monitoring/quality.py`). Feedback needs `Authorization: Bearer <token>` when
+a token is configured (--feedback-token-file or SHEPHERD_FEEDBACK_TOKEN); without one the service only
+takes feedback when it listens on loopback (behind the local plane, which checks its own token).
 """
 
 from __future__ import annotations
@@ -56,6 +64,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.responses import JSONResponse as _JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from components.outcomes import OutcomeLedger, Prediction
 from monitoring.metrics import (
     DRIFT_DETECTED,
     DRIFT_EVENTS_TOTAL,
@@ -65,6 +74,7 @@ from monitoring.metrics import (
     DRIFT_PENDING_REQUESTS,
     DRIFT_SHARE,
     DRIFT_WINDOW_ROWS,
+    OUTCOME_LEDGER_FAILURES_TOTAL,
 )
 from monitoring.payload_log import (
     BATCH_CONTENT_TYPE,
@@ -75,6 +85,8 @@ from monitoring.payload_log import (
     STATUS_ATTRIBUTE,
     STRUCTURED_CONTENT_TYPE,
 )
+from monitoring.quality import QualityMonitor, add_routes
+from serving.prediction_ids import prediction_ids  # the contract: row i of request r is prediction "r-i"
 
 logger = logging.getLogger("shepherd.drift")
 
@@ -96,6 +108,9 @@ PENDING_LIMIT = 10_000  # requests waiting for their response event, per window;
 PENDING_ROWS_LIMIT = 100_000  # rows of those requests, per window; the oldest are dropped beyond it
 DEFAULT_PENDING_TTL_SECONDS = 60.0  # a request whose response has not come by then never will
 ENV_PENDING_TTL = "SHEPHERD_DRIFT_PENDING_TTL"
+ENV_FEATURE_REPO = "SHEPHERD_FEATURE_REPO"
+ENV_FEEDBACK_TOKEN = "SHEPHERD_FEEDBACK_TOKEN"
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
 class BadEvent(ValueError):
@@ -436,13 +451,46 @@ class ReferenceStore:
     def __init__(self, tracking_uri: str):
         self.tracking_uri = tracking_uri
         self._cache: dict[tuple[str, str], tuple[Features, pd.DataFrame]] = {}
+        self._specs: dict[tuple[str, str], object] = {}
         self._lock = threading.Lock()
+        self._spec_lock = threading.Lock()
 
     def get(self, model: str, version: str) -> tuple[Features, pd.DataFrame]:
         with self._lock:
             if (model, version) not in self._cache:
                 self._cache[(model, version)] = self._load(model, version)
             return self._cache[(model, version)]
+
+    def spec(self, model: str, version: str):
+        """The ModelSpec version `version` of `model` was trained from (cached)."""
+        with self._spec_lock:
+            if (model, version) not in self._specs:
+                self._specs[(model, version)] = self._download_spec(model, version)
+            return self._specs[(model, version)]
+
+    def cached_spec(self, model: str, version: str):
+        """The spec if it was loaded already, else None (never waits for the registry)."""
+        return self._specs.get((model, version))
+
+    def facts(self, model: str, version: str):
+        """What live quality needs from the version's spec."""
+        from components.outcomes import TargetValues
+        from monitoring.quality import SpecFacts
+
+        spec = self.spec(model, version)
+        target = TargetValues(spec.target.column, spec.target.positive, spec.target.negative)
+        rules = spec.evaluation
+        return SpecFacts(target, rules.decision_threshold, dict(rules.minimum), dict(rules.maximum))
+
+    def _download_spec(self, model: str, version: str):
+        from components import registry
+        from components.spec import parse_spec
+
+        client = registry.connect(self.tracking_uri)
+        model_version = registry.get_version(client, model, version)
+        with tempfile.TemporaryDirectory() as tmp:
+            spec_path = client.download_artifacts(model_version.run_id, registry.SPEC_ARTIFACT, tmp)
+            return parse_spec(Path(spec_path).read_text(), origin=f"{model} v{version} spec")
 
     def resolve_version(self, model: str, role: str) -> str:
         """The version behind a role when the logger does not say (KServe's ce-modelid is the model name)."""
@@ -454,14 +502,11 @@ class ReferenceStore:
 
     def _load(self, model: str, version: str) -> tuple[Features, pd.DataFrame]:
         from components import registry
-        from components.spec import parse_spec
 
+        spec = self.spec(model, version)
         client = registry.connect(self.tracking_uri)
-        model_version = registry.get_version(client, model, version)
-        run = client.get_run(model_version.run_id)
+        run = client.get_run(registry.get_version(client, model, version).run_id)
         with tempfile.TemporaryDirectory() as tmp:
-            spec_path = client.download_artifacts(run.info.run_id, registry.SPEC_ARTIFACT, tmp)
-            spec = parse_spec(Path(spec_path).read_text(), origin=f"{model} v{version} spec")
             frame = registry.download_snapshot(
                 client, run.info.run_id, run.data.tags[registry.TAG_SNAPSHOT_SHA256], Path(tmp)
             )
@@ -483,6 +528,7 @@ class DriftService:
         window_rows: int = 500,
         min_rows: int = 200,
         pending_ttl: float = DEFAULT_PENDING_TTL_SECONDS,
+        ledger: OutcomeLedger | None = None,
     ):
         if pending_ttl <= 0:
             raise ValueError(f"pending_ttl: must be positive, got {pending_ttl}")
@@ -491,6 +537,7 @@ class DriftService:
         self.window_rows = window_rows
         self.min_rows = min_rows
         self.pending_ttl = pending_ttl
+        self.ledger = ledger  # where each predicted row is recorded for the labels that come back later
         self.windows: dict[tuple[str, str], Window] = {}  # (model, role)
         self.results: dict[tuple[str, str, str], DriftResult] = {}  # (model, role, reference)
         self._lock = threading.Lock()
@@ -519,16 +566,29 @@ class DriftService:
             registry=registry,
         )
         self.discarded = {r: discarded.labels(reason=r) for r in DRIFT_PENDING_REASONS}
+        self.ledger_failures = Counter(
+            OUTCOME_LEDGER_FAILURES_TOTAL.removesuffix("_total"),
+            "Predicted rows the outcome ledger could not record (its database refused or was unreachable).",
+            registry=registry,
+        )
 
     # -- ingestion ------------------------------------------------------------------------------
     def ingest(self, headers: Mapping[str, str], body: bytes) -> int:
         """Take one CloudEvent in binary mode (KServe's logger); returns the rows it completed (0 for a
         request still awaiting its response)."""
-        return self._counted(lambda: self._take(event_from_binary(headers, body)))
+        predicted: list[Prediction] = []
+        rows = self._counted(lambda: self._take(event_from_binary(headers, body), predicted))
+        self._record(predicted)
+        return rows
 
-    def ingest_structured(self, event: object, where: str = "") -> int:
-        """Take one CloudEvent in the JSON event format."""
-        return self._counted(lambda: self._take(event_from_structured(event, where)))
+    def ingest_structured(self, event: object, where: str = "", predicted: list[Prediction] | None = None) -> int:
+        """Take one CloudEvent in the JSON event format (its predictions are recorded at once, or added
+        to `predicted` for the caller to record)."""
+        batch: list[Prediction] = [] if predicted is None else predicted
+        rows = self._counted(lambda: self._take(event_from_structured(event, where), batch))
+        if predicted is None:
+            self._record(batch)
+        return rows
 
     def ingest_batch(self, body: bytes) -> dict:
         """Take a batch (a JSON array of structured events). A bad event is reported by its index and
@@ -543,15 +603,36 @@ class DriftService:
         if not isinstance(events, list):
             raise BadEvent("body: expected a JSON array of CloudEvents (batch mode)")
         rows, invalid = 0, []
+        predicted: list[Prediction] = []
         for index, event in enumerate(events):
             try:
-                rows += self.ingest_structured(event, f"events[{index}].")
+                rows += self.ingest_structured(event, f"events[{index}].", predicted)
             except (BadEvent, LookupError) as exc:
                 invalid.append({"index": index, "error": str(exc)})
             except Exception as exc:  # a bug of ours on one event must not lose the rest of the batch
                 logger.exception("ingesting events[%d] failed", index)
                 invalid.append({"index": index, "error": f"events[{index}]: not ingested ({type(exc).__name__})"})
+        self._record(predicted)  # one transaction per batch
         return {"events": len(events), "rows": rows, "invalid": invalid}
+
+    def _record(self, predicted: list[Prediction]) -> None:
+        """Write predicted rows to the outcome ledger. A ledger that cannot be written loses those rows'
+        future labels, never the drift windows: counted and logged, not raised."""
+        if self.ledger is None or not predicted:
+            return
+        try:
+            self.ledger.record_predictions(predicted)
+        except Exception:
+            self.ledger_failures.inc(len(predicted))
+            logger.exception("recording %d predictions in the outcome ledger failed", len(predicted))
+
+    def _entity_key(self, model: str, version: str) -> str | None:
+        """The spec's entity key column, to record with each row (None if the spec cannot be read now)."""
+        try:
+            return self.references.spec(model, version).entity.key
+        except Exception as exc:  # the registry is down: the row is still recorded, without its entity
+            logger.warning("no entity key for %s v%s: %s", model, version, exc)
+            return None
 
     def _counted(self, take) -> int:
         try:
@@ -562,7 +643,7 @@ class DriftService:
         self.events["ok"].inc()
         return rows
 
-    def _take(self, event: LoggedEvent) -> int:
+    def _take(self, event: LoggedEvent, predicted: list[Prediction]) -> int:
         version = event.version
         if not version.isdigit():
             version = self.references.resolve_version(event.model, event.role)
@@ -594,7 +675,25 @@ class DriftService:
                 window.rows.append({**row, PREDICTION_COLUMN: score})
             window.changed = True
             self.window_rows_gauge.labels(model, version, role).set(len(window.rows))
-            return len(rows)
+        if self.ledger is not None:
+            key = self._entity_key(model, version)
+            at = time.time()
+            ids = prediction_ids(event.event_id, len(rows))
+            for prediction_id, row, score in zip(ids, rows, scores, strict=True):
+                entity = row.get(key) if key is not None else None
+                predicted.append(
+                    Prediction(
+                        id=prediction_id,
+                        model=model,
+                        version=version,
+                        role=role,
+                        predicted_at=at,
+                        score=score,
+                        features=row,
+                        entity_key=None if entity is None else str(entity),
+                    )
+                )
+        return len(rows)
 
     def expire(self) -> int:
         """Drop requests whose response has not come within the TTL; returns how many."""
@@ -695,7 +794,12 @@ class DriftService:
             return path.read_text()
 
 
-def create_app(service: DriftService, compute_interval: float = 5.0) -> FastAPI:
+def create_app(
+    service: DriftService,
+    compute_interval: float = 5.0,
+    quality: QualityMonitor | None = None,
+    feedback_token: str | None = None,
+) -> FastAPI:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     registry = service.registry
@@ -709,6 +813,11 @@ def create_app(service: DriftService, compute_interval: float = 5.0) -> FastAPI:
                     await asyncio.to_thread(service.compute)
                 except Exception:  # one bad window must not stop the others' monitoring
                     logger.exception("drift computation failed")
+                if quality is not None:
+                    try:
+                        await asyncio.to_thread(quality.compute)
+                    except Exception:  # the ledger's database is down: drift goes on, quality waits
+                        logger.exception("model quality computation failed")
 
         async def expire():  # also when no event arrives to trigger it
             while True:
@@ -770,6 +879,8 @@ def create_app(service: DriftService, compute_interval: float = 5.0) -> FastAPI:
     async def healthz() -> dict:
         return {"status": "ok", "windows": len(service.windows)}
 
+    add_routes(app, quality, feedback_token, JSONResponse)
+
     return app
 
 
@@ -791,18 +902,46 @@ def main(argv: list[str] | None = None) -> int:
         default=float(os.environ.get(ENV_PENDING_TTL) or DEFAULT_PENDING_TTL_SECONDS),
         help=f"seconds a request waits for its response before it is dropped [env: {ENV_PENDING_TTL}]",
     )
+    parser.add_argument(
+        "--feature-repo",
+        default=os.environ.get(ENV_FEATURE_REPO),
+        help="the feature store's location (directory or postgresql:// URI): the outcome ledger lives with it; "
+        f"without it there is no feedback and no live quality [env: {ENV_FEATURE_REPO}]",
+    )
+    parser.add_argument(
+        "--feedback-token-file",
+        type=Path,
+        help=f"file holding the bearer token feedback must present [or env: {ENV_FEEDBACK_TOKEN}]",
+    )
+    parser.add_argument(
+        "--quality-window", type=int, default=1000, help="labelled predictions scored per revision (default 1000)"
+    )
     args = parser.parse_args(argv)
     if not args.tracking_uri:
         parser.error("--tracking-uri or MLFLOW_TRACKING_URI is required")
+    if args.quality_window < 1:
+        parser.error(f"--quality-window must be at least 1, got {args.quality_window}")
+    token = (
+        args.feedback_token_file.read_text().strip() if args.feedback_token_file else os.environ.get(ENV_FEEDBACK_TOKEN)
+    )
+    if args.feature_repo and not token and args.host not in LOOPBACK_HOSTS:
+        parser.error(
+            f"feedback on {args.host} needs a bearer token: --feedback-token-file or {ENV_FEEDBACK_TOKEN} "
+            "(only a loopback service may take unauthenticated feedback)"
+        )
     if not 0 < args.min_rows <= args.window_rows:
         parser.error(f"--min-rows must be within 1..--window-rows ({args.window_rows}), got {args.min_rows}")
     if args.pending_ttl <= 0:
         parser.error(f"--pending-ttl must be positive, got {args.pending_ttl}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    service = DriftService(
-        ReferenceStore(args.tracking_uri), CollectorRegistry(), args.window_rows, args.min_rows, args.pending_ttl
-    )
-    uvicorn.run(create_app(service, args.compute_interval), host=args.host, port=args.port, log_level="warning")
+    references, registry = ReferenceStore(args.tracking_uri), CollectorRegistry()
+    ledger = OutcomeLedger.at(args.feature_repo) if args.feature_repo else None
+    service = DriftService(references, registry, args.window_rows, args.min_rows, args.pending_ttl, ledger)
+    quality = None
+    if ledger is not None:
+        quality = QualityMonitor(ledger, references.facts, registry, window=args.quality_window)
+    app = create_app(service, args.compute_interval, quality, token)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 

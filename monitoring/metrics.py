@@ -41,6 +41,18 @@ DRIFT_PENDING_DISCARDED_TOTAL = "shepherd_drift_pending_discarded_total"
 DRIFT_PENDING_REASONS = ("error_response", "expired", "overflow")
 DRIFT_REFERENCES = ("training", "champion")
 
+# Live model quality (monitoring/quality.py): logged predictions joined with the labels fed back. Labels: model,
+# version, role, and `metric` (a name of components.spec.METRICS, or `positive_rate` (observed share of positive
+# labels), `predicted_positive_rate`); a metric the window cannot define (ROC AUC with one class) is absent.
+QUALITY = "shepherd_model_quality"
+QUALITY_LABELLED_ROWS = "shepherd_model_quality_labelled_rows"  # labelled predictions in the revision's window
+QUALITY_LABEL_DELAY_SECONDS = "shepherd_model_label_delay_seconds"  # median prediction -> label time in the window
+QUALITY_MINIMUM = "shepherd_model_quality_minimum"  # {model, metric}: the champion spec's evaluation.minimum
+QUALITY_MAXIMUM = "shepherd_model_quality_maximum"  # {model, metric}: the champion spec's evaluation.maximum
+FEEDBACK_LABELS_TOTAL = "shepherd_feedback_labels_total"  # {model, outcome}: labels received
+FEEDBACK_OUTCOMES = ("accepted", "duplicate", "skipped", "rejected")
+OUTCOME_LEDGER_FAILURES_TOTAL = "shepherd_outcome_ledger_failures_total"  # predictions the ledger could not record
+
 # The local serving plane (serving/local_plane.py): its router and its payload logger. Its `/metrics` also
 # carries every running revision's series, each with a `revision` label added.
 PLANE_REQUESTS_TOTAL = "shepherd_plane_requests_total"  # {model, role, outcome}: requests the router answered

@@ -311,8 +311,11 @@ class PlaneProcess:
         return plane
 
 
-def start_plane(home: Path, tracking_uri: str, port: int, wait_seconds: float = 300) -> PlaneProcess:
-    """Start the plane in the background (it outlives this command) and wait until it answers."""
+def start_plane(
+    home: Path, tracking_uri: str, port: int, wait_seconds: float = 300, feature_repo: str | None = None
+) -> PlaneProcess:
+    """Start the plane in the background (it outlives this command) and wait until it answers.
+    `feature_repo` is where its outcome ledger lives (default: the home's feature repo)."""
     import httpx
 
     running = PlaneProcess.find(home)
@@ -334,6 +337,7 @@ def start_plane(home: Path, tracking_uri: str, port: int, wait_seconds: float = 
             tracking_uri,
             "--port",
             str(port),
+            *(["--feature-repo", feature_repo] if feature_repo else []),
         ],
         cwd=Path(__file__).resolve().parent.parent,
         stdout=log,

@@ -27,6 +27,10 @@ Inference (V1 and Open Inference Protocol):
   `shepherd_plane_unavailable_total{model,version,role}`, which the rollout's error-rate gate adds to
   that revision's errors).
 
+Ground truth: `POST /v1/models/<m>/feedback` (token) takes labels for predictions by id, or by entity key and
+  event time; the drift service records them in the outcome ledger beside the feature store
+  (`components/outcomes.py`) and scores each revision's live quality (`GET /drift/models/<m>/quality`).
+
 Metrics: `GET /metrics` serves the plane's own series (`shepherd_plane_*`: requests by model, role and
 outcome; payload-log events delivered and dropped) and every running revision's, scraped at that moment,
 each labelled `revision` (`monitoring/metrics.py` names them); `GET /router/metrics` the plane's own
@@ -154,8 +158,10 @@ def free_port() -> int:
 class Plane:
     """Holds deployments, starts and stops predictor processes, persists objects."""
 
-    def __init__(self, home: Path, tracking_uri: str, url: str):
+    def __init__(self, home: Path, tracking_uri: str, url: str, feature_repo: str | None = None):
         self.dir = home / "serving"
+        # The outcome ledger (predictions and their labels) lives with the feature store.
+        self.feature_repo = feature_repo or str(home / "feature_repo")
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "logs").mkdir(exist_ok=True)
         self.state_file = self.dir / "objects.json"
@@ -170,7 +176,17 @@ class Plane:
 
     async def start_drift_service(self, client) -> None:
         port = free_port()
-        command = [sys.executable, "-m", "monitoring.drift", "--port", str(port), "--tracking-uri", self.tracking_uri]
+        command = [
+            sys.executable,
+            "-m",
+            "monitoring.drift",
+            "--port",
+            str(port),
+            "--tracking-uri",
+            self.tracking_uri,
+            "--feature-repo",
+            self.feature_repo,
+        ]
         process = children.spawn(command, self.dir / "logs" / "drift.log", REPO_ROOT)
         started = Revision("drift", "", "", "drift", port, process)
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
@@ -706,10 +722,20 @@ def create_app(plane: Plane, payload_queue_size: int = DEFAULT_QUEUE_SIZE, token
         targets = {r.name: r.url for r in plane.running_revisions()}
         return Response(await exposition(metrics, client, targets), media_type=CONTENT_TYPE_LATEST)
 
+    @app.post("/v1/models/{name}/feedback")
+    async def feedback(name: str, request: Request) -> Response:
+        """Labels for this model's predictions, recorded by the drift service in the outcome ledger."""
+        if (refused := _refused(request)) is not None:
+            return refused  # forged labels would move the quality gate
+        return await _to_drift_service(f"models/{name}/feedback", request)
+
     @app.api_route("/drift/{path:path}", methods=["GET", "POST"])
     async def drift(path: str, request: Request) -> Response:
         if request.method == "POST" and (refused := _refused(request)) is not None:
             return refused  # forged payload logs would move the drift gates
+        return await _to_drift_service(path, request)
+
+    async def _to_drift_service(path: str, request: Request) -> Response:
         headers = {
             k: v for k, v in request.headers.items() if k.lower().startswith("ce-") or k.lower() == "content-type"
         }
@@ -810,6 +836,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", required=True)
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument(
+        "--feature-repo", default=None, help="where the outcome ledger lives (default: <home>/feature_repo)"
+    )
+    parser.add_argument(
         "--payload-queue-size",
         type=int,
         default=int(os.environ.get(ENV_QUEUE_SIZE) or DEFAULT_QUEUE_SIZE),
@@ -820,7 +849,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--payload-queue-size must be at least 1, got {args.payload_queue_size}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied request is noise
-    plane = Plane(args.home.resolve(), args.tracking_uri, f"http://127.0.0.1:{args.port}")
+    plane = Plane(args.home.resolve(), args.tracking_uri, f"http://127.0.0.1:{args.port}", args.feature_repo)
     app = create_app(plane, args.payload_queue_size)
     # uvicorn turns SIGTERM/SIGINT into a graceful exit; the predictors are stopped after it.
     try:

@@ -37,7 +37,7 @@ def up(
 
     settings = Settings.from_env(home=home, tracking_uri=tracking_uri)
     console.print(f"starting the serving plane on port {port} (state in {settings.home / 'serving'})…")
-    plane = start_plane(settings.home, settings.tracking_uri, port)
+    plane = start_plane(settings.home, settings.tracking_uri, port, feature_repo=settings.feature_repo)
     console.print(f"[green]up[/]: {plane.url} (pid {plane.pid}); try `shepherd status`")
 
 

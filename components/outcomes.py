@@ -39,7 +39,7 @@ class FeedbackRejected(ShepherdError):
     """Feedback that cannot be recorded; each error names the item and field. Nothing was recorded."""
 
     http_status = 422
-    exit_code = 8
+    exit_code = 10
 
     def __init__(self, errors: list[str], *, hint: str | None = None):
         shown = errors[:20]

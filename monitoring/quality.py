@@ -25,6 +25,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+# Module level: FastAPI resolves the handlers' (string) annotations in this module's globals.
+from fastapi import Request
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from components.metrics import classification_metrics
@@ -219,7 +222,6 @@ def feedback_allowed(token: str | None, authorization: str | None) -> bool:
 
 def add_routes(app, monitor: QualityMonitor | None, token: str | None, json_response) -> None:
     """`POST /models/<model>/feedback` and `GET /models/<model>/quality` on the monitoring service's app."""
-    from fastapi import Request
 
     def unconfigured():
         return json_response(

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 
 
-def wait_for(condition, seconds: float, what: str, every: float = 0.1) -> None:
-    """Call `condition()` until it is true; fail with `what` after `seconds`."""
+def wait_for(condition, seconds: float, what: str, every: float = 0.1):
+    """Call `condition()` until it is true and return what it returned; fail with `what` after `seconds`."""
     deadline = time.monotonic() + seconds
-    while not condition():
+    while not (value := condition()):
         assert time.monotonic() < deadline, f"{what} did not happen within {seconds} s"
         time.sleep(every)
+    return value

@@ -1,0 +1,212 @@
+"""Ground truth through the plane, as a client sends it: predictions answered with ids (V1 batches, V2), their
+labels back through `POST /v1/models/<m>/feedback` and `shepherd feedback`, bad feedback refused naming the
+field, live quality from the joined rows, and every process killed without losing an acknowledged label."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from serving.backends import LocalBackend, start_plane
+from serving.inference_service import build_inference_service
+from serving.plane_auth import token_for
+from serving.traffic import instances
+from tests.conftest import REPO
+from tests.support.plane_processes import is_gone, plane_pid, running_plane
+from tests.support.waiting import wait_for
+
+
+@pytest.fixture(scope="module")
+def plane(two_versions, churn_spec, tmp_path_factory):
+    home = tmp_path_factory.mktemp("plane-feedback")
+    with running_plane(home, two_versions) as started:
+        drift = f"{started.url}/drift/"
+        LocalBackend(started.url).apply(
+            build_inference_service(churn_spec, "2", champion_version="1", canary_percent=50, payload_log_url=drift)
+        )
+        started.home = home
+        yield started
+
+
+@pytest.fixture(scope="module")
+def rows(churn_spec, churn_frame):
+    return instances(churn_spec, churn_frame.head(40))
+
+
+def _auth(plane) -> dict:
+    return {"Authorization": f"Bearer {token_for(plane.url)}"}
+
+
+def _quality(plane) -> dict:
+    return httpx.get(f"{plane.url}/drift/models/churn/quality", timeout=30).json()
+
+
+def _logged(plane, at_least: int) -> dict:
+    """Wait until the ledger holds `at_least` predictions (the payload log is asynchronous)."""
+    return wait_for(lambda: (q := _quality(plane))["predictions"] >= at_least and q, seconds=30, what="logged rows")
+
+
+def _v2(churn_spec, rows) -> dict:
+    return {
+        "inputs": [
+            {
+                "name": f.name,
+                "shape": [len(rows)],
+                "datatype": "BYTES" if f.type == "category" else "FP64",
+                "data": [r[f.name] if r[f.name] is not None else 0.0 for r in rows],
+            }
+            for f in churn_spec.features
+        ]
+    }
+
+
+def test_ids_round_trip_from_v1_and_v2_predictions_to_recorded_labels(plane, rows, churn_spec, tmp_path):
+    before = _quality(plane)
+    v1 = httpx.post(f"{plane.url}/v1/models/churn:predict", json={"instances": rows[:4]}, timeout=30).json()
+    v1_ids = [p["id"] for p in v1["predictions"]]
+    v2 = httpx.post(f"{plane.url}/v2/models/churn/infer", json=_v2(churn_spec, rows[4:7]), timeout=30).json()
+    v2_ids = next(o["data"] for o in v2["outputs"] if o["name"] == "prediction_id")
+    assert len(set(v1_ids + v2_ids)) == 7
+    _logged(plane, before["predictions"] + 7)
+
+    answer = httpx.post(
+        f"{plane.url}/v1/models/churn/feedback",
+        json={"labels": [{"id": i, "label": "Yes" if n % 2 else "No"} for n, i in enumerate(v1_ids)]},
+        headers=_auth(plane),
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"accepted": 4, "duplicates": 0, "skipped": 0}
+
+    labels = tmp_path / "labels.csv"  # as an ML engineer would export them
+    labels.write_text("id,label\n" + "".join(f"{i},{n % 2}\n" for n, i in enumerate(v2_ids)))
+    sent = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "feedback", "churn", str(labels)],
+        cwd=REPO,
+        env={**os.environ, "SHEPHERD_HOME": str(plane.home), "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert "3 label(s) recorded for churn" in sent.stdout
+    again = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "feedback", "churn", str(labels)],
+        cwd=REPO,
+        env={**os.environ, "SHEPHERD_HOME": str(plane.home), "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 0 and "0 label(s) recorded for churn, 3 already recorded" in again.stdout
+    assert _quality(plane)["labels"] == before["labels"] + 7
+
+
+def test_bad_feedback_is_a_4xx_naming_the_field_and_records_nothing(plane, rows):
+    answered = httpx.post(f"{plane.url}/v1/models/churn:predict", json={"instances": rows[:1]}, timeout=30).json()
+    known = answered["predictions"][0]["id"]
+    before = _logged(plane, 1)["labels"]
+    url = f"{plane.url}/v1/models/churn/feedback"
+    unauthenticated = httpx.post(url, json={"labels": [{"id": known, "label": "Yes"}]}, timeout=30)
+    assert unauthenticated.status_code == 401
+    cases = [
+        ({"labels": [{"id": known, "label": "Yes"}, {"id": "never-answered-0", "label": "No"}]}, 422, "labels[1].id"),
+        ({"labels": [{"id": known, "label": "Maybe"}]}, 422, "labels[0].label: 'Maybe' is not a value of the target"),
+        ({"labels": [{"label": "Yes"}]}, 422, "labels[0].id: required"),
+        ({"rows": []}, 422, "labels: required"),
+    ]
+    for body, status, named in cases:
+        answer = httpx.post(url, json=body, headers=_auth(plane), timeout=30)
+        assert answer.status_code == status, answer.text
+        assert named in answer.json()["error"]
+    not_json = httpx.post(url, content=b"{labels", headers=_auth(plane), timeout=30)
+    assert not_json.status_code == 400 and "body: not JSON" in not_json.json()["error"]
+    assert _quality(plane)["labels"] == before
+
+    skipped = httpx.post(
+        url,
+        params={"skip_unknown": "true"},
+        json={"labels": [{"id": known, "label": "Yes"}, {"id": "never-answered-0", "label": "No"}]},
+        headers=_auth(plane),
+        timeout=30,
+    )
+    assert skipped.json() == {"accepted": 1, "duplicates": 0, "skipped": 1}
+
+
+def test_the_cli_names_the_bad_rows_and_exits_with_the_feedback_code(plane, tmp_path):
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text('{"id": "never-answered-0", "label": "Yes"}\n')
+    sent = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "feedback", "churn", str(labels)],
+        cwd=REPO,
+        env={**os.environ, "SHEPHERD_HOME": str(plane.home), "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    said = sent.stdout + sent.stderr
+    assert sent.returncode == 10, said
+    assert "labels[0].id: no prediction of 'churn' for id 'never-answered-0'" in said
+    assert "--skip-unknown" in said and "Traceback" not in said
+
+
+def test_live_quality_scores_the_labelled_revisions(plane, rows, churn_frame):
+    """Enough labelled traffic that both revisions have a window; the gauges are on the drift service's
+    /metrics, as Prometheus scrapes them."""
+    truth = churn_frame.head(40)["churn"].tolist()
+    labelled = []
+    for _ in range(5):
+        body = httpx.post(f"{plane.url}/v1/models/churn:predict", json={"instances": rows}, timeout=30).json()
+        labelled += [{"id": p["id"], "label": label} for p, label in zip(body["predictions"], truth, strict=True)]
+    _logged(plane, 200)
+    answer = httpx.post(
+        f"{plane.url}/v1/models/churn/feedback", json={"labels": labelled}, headers=_auth(plane), timeout=30
+    )
+    assert answer.status_code == 200 and answer.json()["accepted"] == 200, answer.text
+
+    def scored():
+        revisions = {r["role"]: r for r in _quality(plane)["revisions"]}
+        return len(revisions) == 2 and all(r["labelled_rows"] >= 40 for r in revisions.values()) and revisions
+
+    revisions = wait_for(scored, seconds=30, what="quality of both revisions")
+    assert revisions["champion"]["version"] == "1" and revisions["canary"]["version"] == "2"
+    assert revisions["champion"]["metrics"]["roc_auc"] > 0.6  # a real model on its own training rows
+    metrics = httpx.get(f"{plane.url}/drift/metrics", timeout=30).text
+    assert 'shepherd_model_quality{metric="roc_auc",model="churn",role="canary",version="2"}' in metrics
+    assert 'shepherd_model_quality_minimum{metric="roc_auc",model="churn"} 0.8' in metrics
+
+
+def test_killing_every_process_loses_no_acknowledged_label(plane, rows, two_versions):
+    """SIGKILL the plane (its drift service and predictors die with it), start it again on the same home:
+    every label acknowledged before is still there, and sending one again is a duplicate."""
+    body = httpx.post(f"{plane.url}/v1/models/churn:predict", json={"instances": rows[:2]}, timeout=30).json()
+    ids = [p["id"] for p in body["predictions"]]
+    _logged(plane, 2)
+    sent = httpx.post(
+        f"{plane.url}/v1/models/churn/feedback",
+        json={"labels": [{"id": i, "label": "No"} for i in ids]},
+        headers=_auth(plane),
+        timeout=30,
+    )
+    assert sent.status_code == 200
+    counts = _quality(plane)
+    pid = plane_pid(plane.home)
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: is_gone(pid), seconds=20, what="the plane to die")
+    port = int(plane.url.rsplit(":", 1)[1])
+    restarted = start_plane(plane.home, two_versions, port)
+    assert restarted.url == plane.url
+    after = _quality(plane)
+    assert (after["predictions"], after["labels"]) == (counts["predictions"], counts["labels"])
+    again = httpx.post(
+        f"{plane.url}/v1/models/churn/feedback",
+        json={"labels": [{"id": i, "label": "No"} for i in ids]},
+        headers=_auth(plane),
+        timeout=30,
+    )
+    assert again.json() == {"accepted": 0, "duplicates": 2, "skipped": 0}

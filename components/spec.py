@@ -159,6 +159,27 @@ class Gates(_Strict):
     prediction_psi: Range = Range(max=0.25)
 
 
+class QualityGate(_Strict):
+    """Judge a canary on whether its predictions are right: its live quality on the labelled predictions it
+    served against the champion's (labels come back with `shepherd feedback`). Inconclusive (hold, never
+    promote) until both have `min_labels`; fails when the canary is worse than the champion by more than
+    `max_regression` allows (default: the spec's `evaluation.max_regression`)."""
+
+    min_labels: int = Field(100, ge=1, description="labelled predictions each revision needs before a verdict")
+    max_regression: dict[str, float] | None = None
+
+    @field_validator("max_regression")
+    @classmethod
+    def _known_metrics(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is not None:
+            unknown = sorted(set(value) - METRICS)
+            if unknown:
+                raise ValueError(f"unknown metric(s) {unknown}; expected some of {sorted(METRICS)}")
+            if not value:
+                raise ValueError("name at least one metric, or leave max_regression out")
+        return value
+
+
 class Deployment(_Strict):
     """How a promoted model is served and rolled out: KServe mode, namespace, canary steps, gates."""
 
@@ -176,6 +197,7 @@ class Deployment(_Strict):
     )
     min_requests: int = Field(50, ge=1, description="canary requests per interval before a gate can pass")
     manual_approval: bool = Field(False, description="wait for `shepherd rollout promote` before the last step")
+    quality_gate: QualityGate | None = Field(None, description="judge the canary on its labelled predictions too")
     cpu: str = "500m"
     memory: str = "1Gi"
 
@@ -213,6 +235,11 @@ class ModelSpec(_Strict):
         clash = sorted(reserved & set(names))
         if clash:
             raise ValueError(f"features {clash} clash with the entity key, target or timestamp column")
+        gate = self.deployment.quality_gate
+        if gate is not None and gate.max_regression is None and not self.evaluation.max_regression:
+            raise ValueError(
+                "deployment.quality_gate needs max_regression, or evaluation.max_regression to take it from"
+            )
         if self.evaluation.fairness and self.evaluation.fairness.attribute not in names:
             raise ValueError(f"evaluation.fairness.attribute {self.evaluation.fairness.attribute!r} is not a feature")
         return self

@@ -44,7 +44,14 @@ def rollout_policy(spec: ModelSpec) -> dict:
         "latencyFloorSeconds": d.latency_floor_ms / 1000,
         "manualApproval": d.manual_approval,
         "gates": {name: gate.model_dump(exclude_none=True) for name, gate in d.gates},
+        **({"quality": _quality_policy(spec)} if d.quality_gate is not None else {}),
     }
+
+
+def _quality_policy(spec: ModelSpec) -> dict:
+    gate = spec.deployment.quality_gate
+    regression = gate.max_regression if gate.max_regression is not None else spec.evaluation.max_regression
+    return {"minLabels": gate.min_labels, "maxRegression": dict(regression)}
 
 
 def _predictor(spec: ModelSpec, version: str, image: str, payload_log_url: str | None = None, role: str = "champion"):

@@ -178,3 +178,57 @@ def prediction_psi(psi: float | Unavailable | None, threshold: Threshold) -> Gat
     return GateResult(
         "prediction_psi", verdict, f"canary predictions vs champion PSI {psi:.3f}, allowed {threshold}", psi
     )
+
+
+@dataclass(frozen=True)
+class QualityReading:
+    """One revision's live quality: its labelled predictions and their metrics (from the drift service)."""
+
+    labelled: int
+    metrics: dict[str, float]
+
+
+def quality(
+    canary: QualityReading | Unavailable | None,
+    champion: QualityReading | Unavailable | None,
+    max_regression: dict[str, float],
+    min_labels: int,
+) -> GateResult:
+    """The canary's live quality against the champion's, each on the labelled predictions it served:
+    inconclusive until both have `min_labels`; fails when the canary is worse by more than allowed."""
+    from components.spec import HIGHER_IS_BETTER
+
+    if unread := _unread("quality", canary, champion):
+        return unread
+    have = {"canary": canary.labelled if canary else 0, "champion": champion.labelled if champion else 0}
+    if min(have.values()) < min_labels:
+        return GateResult(
+            "quality",
+            Verdict.INCONCLUSIVE,
+            f"too few labelled predictions to compare quality (canary {have['canary']}, champion "
+            f"{have['champion']}; need {min_labels}): labels come back with `shepherd feedback`",
+        )
+    worse, fine, undefined = [], [], []
+    for metric, allowed in sorted(max_regression.items()):
+        ours, theirs = canary.metrics.get(metric), champion.metrics.get(metric)
+        if ours is None or theirs is None:
+            undefined.append(metric)
+            continue
+        worse_by = theirs - ours if metric in HIGHER_IS_BETTER else ours - theirs
+        text = f"{metric} {ours:.3f} vs champion {theirs:.3f}"
+        if worse_by > allowed + 1e-9:  # a boundary value written in the spec is allowed, float noise or not
+            worse.append((worse_by - allowed, f"{text}: worse by {worse_by:.3f}, allowed {allowed:g}"))
+        else:
+            fine.append(text)
+    on = f"on {have['canary']} and {have['champion']} labelled predictions"
+    if worse:
+        worst = max(worse)[0]
+        return GateResult("quality", Verdict.FAIL, "canary " + "; ".join(t for _, t in worse) + f" ({on})", worst)
+    if undefined:  # never promote on a metric that could not be computed
+        return GateResult(
+            "quality",
+            Verdict.INCONCLUSIVE,
+            f"{', '.join(undefined)} not defined on the labelled predictions yet (one class only?)",
+        )
+    reason = "canary " + "; ".join(fine) + f", within the allowed regression ({on})"
+    return GateResult("quality", Verdict.PASS, reason, 0.0)

@@ -25,11 +25,13 @@ from serving.rollout.gates import (
     GateResult,
     Threshold,
     Unavailable,
+    Verdict,
     Window,
     drift_share,
     error_rate,
     latency_ratio,
     prediction_psi,
+    quality,
 )
 from serving.rollout.machine import (
     ANNOTATION_STATE,
@@ -117,7 +119,24 @@ def analyse(provider: MetricsProvider, obj: dict, policy: Policy, measurement) -
             share = psi = _unavailable("the drift service", exc)
         results.append(drift_share(share, gates.get("drift_share", Threshold(max=0.5))))
         results.append(prediction_psi(psi, gates.get("prediction_psi", Threshold(max=0.25))))
+    if policy.quality is not None:
+        results.append(_quality_gate(provider, obj, policy.quality))
     return results
+
+
+def _quality_gate(provider: MetricsProvider, obj: dict, rule) -> GateResult:
+    """The canary's live quality against the champion's, from the labelled predictions each served."""
+    if not InferenceServiceView(obj).has_payload_logger:
+        return GateResult(
+            "quality", Verdict.INCONCLUSIVE, "no payload logs, so no predictions to join labels with: deploy with one"
+        )
+    versions = {role: rev.version for role, rev in revisions(obj).items()}
+    try:
+        readings = provider.quality(obj["metadata"]["name"], versions)
+        canary, champion = readings.get("canary"), readings.get("champion")
+    except Exception as exc:  # the other gates still judge: a failing canary is still rolled back
+        canary = champion = _unavailable("the live quality (drift service)", exc)
+    return quality(canary, champion, rule.max_regression, rule.min_labels)
 
 
 def _move_aliases(tracking_uri: str, name: str, decision: Decision) -> None:

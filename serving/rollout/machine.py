@@ -36,6 +36,15 @@ TERMINAL = frozenset({Phase.PROMOTED, Phase.ROLLED_BACK})
 
 
 @dataclass(frozen=True)
+class QualityPolicy:
+    """The quality gate: labelled predictions each revision needs, and how much worse than the champion
+    the canary may be per metric."""
+
+    min_labels: int
+    max_regression: dict[str, float]
+
+
+@dataclass(frozen=True)
 class Policy:
     steps: tuple[int, ...]
     interval_seconds: int
@@ -44,6 +53,7 @@ class Policy:
     manual_approval: bool
     gates: dict[str, Threshold]
     latency_floor_seconds: float = 0.0  # a canary p99 under this never fails the latency gate as too slow
+    quality: QualityPolicy | None = None  # judge the canary on its labelled predictions too
 
     @classmethod
     def from_annotation(cls, text: str) -> Policy:
@@ -56,6 +66,9 @@ class Policy:
             manual_approval=raw["manualApproval"],
             gates={name: Threshold(**bounds) for name, bounds in raw["gates"].items()},
             latency_floor_seconds=raw.get("latencyFloorSeconds", 0.0),
+            quality=QualityPolicy(raw["quality"]["minLabels"], raw["quality"]["maxRegression"])
+            if raw.get("quality")
+            else None,
         )
 
 

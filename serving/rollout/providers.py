@@ -25,11 +25,13 @@ from typing import Protocol
 from monitoring.metrics import (
     DRIFT_FEATURE_SCORE,
     DRIFT_SHARE,
+    QUALITY,
+    QUALITY_LABELLED_ROWS,
     REQUEST_DURATION_SECONDS,
     REQUESTS_TOTAL,
 )
 from serving.rollout import scrape
-from serving.rollout.gates import Unavailable, Window
+from serving.rollout.gates import QualityReading, Unavailable, Window
 
 PREDICTION_FEATURE = "prediction"  # the drift service's column for the predicted probability
 
@@ -73,6 +75,25 @@ class MetricsProvider(Protocol):
 
     def drift(self, model: str, canary_version: str) -> DriftReading:
         """The drift service's view of the canary; `MetricsUnavailable` when it cannot be read."""
+
+    def quality(self, model: str, versions: dict[str, str]) -> dict[str, QualityReading | None]:
+        """Live quality of each role's version (`versions`: role -> version); None where the drift service
+        has scored no labelled predictions of it; `MetricsUnavailable` when it cannot be read."""
+
+
+def quality_readings(samples, model: str, versions: dict[str, str]) -> dict[str, QualityReading | None]:
+    """Each role's QualityReading from (name, labels, value) samples of the quality gauges."""
+    metrics: dict[str, dict[str, float]] = {role: {} for role in versions}
+    labelled: dict[str, float] = {}
+    for name, labels, value in samples:
+        role = labels.get("role")
+        if labels.get("model") != model or role not in versions or labels.get("version") != versions[role]:
+            continue
+        if name == QUALITY and labels.get("metric"):
+            metrics[role][labels["metric"]] = value
+        elif name == QUALITY_LABELLED_ROWS:
+            labelled[role] = value
+    return {role: QualityReading(int(labelled[role]), metrics[role]) if role in labelled else None for role in versions}
 
 
 class ScrapeProvider:
@@ -179,6 +200,18 @@ class ScrapeProvider:
                     psi = s.value
         return DriftReading(share, psi)
 
+    def quality(self, model, versions):
+        if not self.drift_metrics_url:
+            return dict.fromkeys(versions)
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = self._get(self.drift_metrics_url)
+        try:
+            samples = [(s.name, s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples]
+        except ValueError as exc:
+            raise MetricsUnavailable(f"scraping {self.drift_metrics_url}: not Prometheus' text format ({exc})") from exc
+        return quality_readings(samples, model, versions)
+
 
 class PrometheusProvider:
     """PromQL over the Prometheus HTTP API."""
@@ -253,3 +286,13 @@ class PrometheusProvider:
         share = self.values(f'{DRIFT_SHARE}{{{selector},reference="training"}}')
         psi = self.values(f'{DRIFT_FEATURE_SCORE}{{{selector},reference="champion",feature="{PREDICTION_FEATURE}"}}')
         return DriftReading(share[0][1] if share else None, psi[0][1] if psi else None)
+
+    def quality(self, model, versions):
+        samples = []
+        for name in (QUALITY, QUALITY_LABELLED_ROWS):
+            for series in self.query(f'{name}{{model="{model}"}}'):
+                try:
+                    samples.append((name, series["metric"], float(series["value"][1])))
+                except (KeyError, IndexError, TypeError, ValueError) as exc:
+                    raise MetricsUnavailable(f"Prometheus answered {name} with an unexpected result: {exc!r}") from exc
+        return quality_readings(samples, model, versions)

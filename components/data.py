@@ -81,6 +81,44 @@ def split_source(raw: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame, pd.D
     return features, entities
 
 
+def production_rows(labelled: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Labelled production predictions (`OutcomeLedger.labelled`) as feature rows and labelled entity rows,
+    shaped as `split_source` shapes the source's: each observed at its prediction time, with the features
+    the request carried. A row without a usable entity key gets a negative one derived from its prediction
+    id, so it can never be mistaken for (or joined with) a real entity's rows."""
+    key, target = spec.entity.key, spec.target.column
+    if labelled.empty:
+        empty = pd.DataFrame({key: pd.Series(dtype="int64"), EVENT_TIMESTAMP: pd.Series(dtype="datetime64[ns, UTC]")})
+        return empty.assign(**{n: pd.Series(dtype=object) for n in spec.feature_names}), empty.assign(
+            **{target: pd.Series(dtype=object)}
+        )
+    requested = pd.DataFrame(list(labelled["features"]), index=labelled.index)
+    keys = [_entity_key(given, pid) for given, pid in zip(labelled["entity_key"], labelled["id"], strict=True)]
+    stamps = pd.to_datetime(labelled["predicted_at"].astype(float), unit="s", utc=True)
+    base = pd.DataFrame({key: pd.Series(keys, index=labelled.index, dtype="int64"), EVENT_TIMESTAMP: stamps})
+    present = [n for n in spec.feature_names if n in requested.columns]
+    features = pd.concat([base, requested[present]], axis=1).reset_index(drop=True)
+    entities = base.assign(**{target: labelled["label"].astype(str)}).reset_index(drop=True)
+    return features, entities
+
+
+def _entity_key(given: object, prediction_id: str) -> int:
+    if given is not None and not (isinstance(given, float) and np.isnan(given)):
+        try:
+            return int(str(given))
+        except ValueError:
+            pass
+    digest = hashlib.sha256(prediction_id.encode()).digest()
+    return -1 - (int.from_bytes(digest[:8], "big") >> 2)  # in -2**62 .. -1
+
+
+def within_window(frame: pd.DataFrame, newest: pd.Timestamp, days: int | None) -> pd.DataFrame:
+    """The rows observed within `days` of `newest` (all rows when `days` is None)."""
+    if days is None:
+        return frame
+    return frame[frame[EVENT_TIMESTAMP] >= newest - pd.Timedelta(days=days)]
+
+
 def fingerprint_frame(frame: pd.DataFrame) -> str:
     """sha256 of a table's content, independent of row order and of how it was stored."""
     ordered = frame.sort_values(list(frame.columns[:1]), kind="stable").reset_index(drop=True)
@@ -91,14 +129,31 @@ def fingerprint_frame(frame: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
-def holdout_mask(keys: pd.Series, fraction: float, seed: int) -> np.ndarray:
-    """True for rows in the holdout: a stable hash of (seed, entity key), so membership never drifts."""
+def _units(keys: pd.Series, seed: int) -> np.ndarray:
+    """A stable number in [0, 1) per entity key: sha256 of (seed, key)."""
 
     def unit(key: object) -> float:
         digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
         return int.from_bytes(digest[:8], "big") / 2**64
 
-    return np.fromiter((unit(k) < fraction for k in keys), dtype=bool, count=len(keys))
+    return np.fromiter((unit(k) for k in keys), dtype=float, count=len(keys))
+
+
+def holdout_mask(keys: pd.Series, fraction: float, seed: int) -> np.ndarray:
+    """True for rows in the holdout: a stable hash of (seed, entity key), so membership never drifts."""
+    return _units(keys, seed) < fraction
+
+
+def recent_holdout_mask(timestamps: pd.Series, keys: pd.Series, fraction: float, seed: int) -> np.ndarray:
+    """True for the most recent `fraction` of rows (rounded): what production looks like now. Rows observed
+    at the same time are ordered by the stable entity-key hash, so a table without timestamps (every row at
+    its snapshot time) gets the same kind of split as `holdout_mask`, of an exact size."""
+    count = round(len(keys) * fraction)
+    stamps = pd.to_datetime(timestamps, utc=True).to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    order = np.lexsort((_units(keys, seed), -stamps))  # newest first; ties by hash
+    mask = np.zeros(len(keys), dtype=bool)
+    mask[order[:count]] = True
+    return mask
 
 
 def labels(frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:

@@ -16,7 +16,7 @@ from kfp import dsl
 from components.adapter import step
 from components.data import labels
 from components.metrics import classification_metrics
-from components.spec import HIGHER_IS_BETTER, ModelSpec
+from components.spec import EVENT_TIMESTAMP, HIGHER_IS_BETTER, ModelSpec
 from components.train import predict_positive, split
 
 
@@ -31,6 +31,7 @@ class Verdict:
     champion_version: str | None = None
     fairness_gap: float | None = None
     failed: list[str] = field(default_factory=list)
+    holdout: str = ""  # which rows both models were scored on
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -140,7 +141,19 @@ def evaluate_run(spec: ModelSpec, training_set_path: Path, tracking_uri: str, mo
     champion_model = None
     if champion is not None:
         champion_model = mlflow.sklearn.load_model(f"models:/{spec.name}/{champion.version}")
-    return evaluate(spec, holdout, challenger, champion_model, champion.version if champion else None)
+    verdict = evaluate(spec, holdout, challenger, champion_model, champion.version if champion else None)
+    verdict.holdout = describe_holdout(holdout, spec)
+    return verdict
+
+
+def describe_holdout(holdout: pd.DataFrame, spec: ModelSpec) -> str:
+    """Which rows judged the models, in words."""
+    if spec.training.holdout_by == "entity" or EVENT_TIMESTAMP not in holdout:
+        return f"{len(holdout)} rows chosen by the entity-key hash"
+    stamps = holdout[EVENT_TIMESTAMP]
+    first, last = stamps.min(), stamps.max()
+    span = f"observed {first:%Y-%m-%d}" if first == last else f"observed {first:%Y-%m-%d} .. {last:%Y-%m-%d}"
+    return f"the {len(holdout)} most recent rows ({span})"
 
 
 @step
@@ -173,6 +186,8 @@ def evaluate_op(
         metrics.log_metric("fairness_gap", result.fairness_gap)
     Path(verdict.path).write_text(json.dumps(result.to_dict(), indent=2))
     verdict.metadata.update({"promote": result.promote, "summary": result.summary})
+    who = f"challenger and champion v{result.champion_version}" if result.champion else "the first model"
+    say(f"evaluate: {who} scored on {result.holdout}")
     say(f"evaluate: {result.summary}")
     for reason in result.reasons:
         say(f"  {reason}")

@@ -471,6 +471,22 @@ class OutcomeLedger:
         frame["features"] = frame["features"].map(json.loads)
         return frame
 
+    def serving_versions(self, model: str) -> dict[str, str]:
+        """Role -> the version of that role's latest recorded prediction: what serves it now."""
+        from sqlalchemy import func, select
+
+        p = self.predictions
+        latest = (
+            select(p.c.role, func.max(p.c.predicted_at).label("at")).where(p.c.model == model).group_by(p.c.role)
+        ).subquery()
+        query = (
+            select(p.c.role, p.c.version)
+            .join(latest, (p.c.role == latest.c.role) & (p.c.predicted_at == latest.c.at))
+            .where(p.c.model == model)
+        )
+        with self.engine.connect() as connection:
+            return {role: version for role, version in connection.execute(query)}
+
     def models(self) -> list[str]:
         """Models with at least one label."""
         from sqlalchemy import select

@@ -41,6 +41,14 @@ class Source(_Strict):
         datetime(2024, 1, 1, tzinfo=UTC),
         description="observation time for tables without a timestamp column",
     )
+    production_labels: bool = Field(
+        True,
+        description="train on labelled production predictions too (the outcome ledger beside the feature "
+        "store: predictions joined with the labels fed back), observed at their prediction time",
+    )
+    window_days: int | None = Field(
+        None, ge=1, description="train only on rows observed within this many days of the newest row"
+    )
 
     @model_validator(mode="after")
     def _one_location(self) -> Source:
@@ -104,6 +112,12 @@ class Training(_Strict):
     algorithm: Literal["logistic_regression", "hist_gradient_boosting", "random_forest"]
     params: dict[str, Any] = Field(default_factory=dict)
     holdout_fraction: float = Field(0.2, ge=0.05, le=0.5)
+    holdout_by: Literal["time", "entity"] = Field(
+        "time",
+        description="time: the most recent rows are the holdout (rows observed at the same time split by a "
+        "stable entity-key hash), so a model is judged on what production looks like now; entity: by the "
+        "entity-key hash alone",
+    )
     seed: int = 42
 
 

@@ -22,10 +22,10 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.utils import get_tags
 
 from components.adapter import step
-from components.data import holdout_mask, labels
+from components.data import holdout_mask, labels, recent_holdout_mask
 from components.errors import SpecError
 from components.metrics import classification_metrics
-from components.spec import ModelSpec
+from components.spec import EVENT_TIMESTAMP, ModelSpec
 
 MISSING_CATEGORY = ""
 SCALE_SENSITIVE = frozenset({"logistic_regression"})
@@ -102,8 +102,15 @@ def feature_frame(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
 
 
 def split(frame: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, holdout) by the stable entity-key hash."""
-    mask = holdout_mask(frame[spec.entity.key], spec.training.holdout_fraction, spec.training.seed)
+    """(train, holdout): the most recent rows (`holdout_by: time`, ties by the entity-key hash) or the
+    stable entity-key hash alone (`holdout_by: entity`)."""
+    rules = spec.training
+    if rules.holdout_by == "time":
+        # A frame without timestamps holds rows observed at one time: the hash orders them all.
+        stamps = frame[EVENT_TIMESTAMP] if EVENT_TIMESTAMP in frame else pd.Series(0, index=frame.index)
+        mask = recent_holdout_mask(stamps, frame[spec.entity.key], rules.holdout_fraction, rules.seed)
+    else:
+        mask = holdout_mask(frame[spec.entity.key], rules.holdout_fraction, rules.seed)
     return frame[~mask].reset_index(drop=True), frame[mask].reset_index(drop=True)
 
 

@@ -99,6 +99,7 @@ class QualityMonitor:
         self.window = window
         self.max_age_seconds = max_age_seconds
         self.results: dict[tuple[str, str], RevisionQuality] = {}  # (model, role)
+        self._bounds: dict[tuple[int, str], set[str]] = {}  # (gauge, model) -> metrics exported
         self._lock = threading.Lock()
         revision = ["model", "version", "role"]
         self.quality = Gauge(
@@ -156,15 +157,19 @@ class QualityMonitor:
         return results
 
     def compute_model(self, model: str, now: float | None = None) -> list[RevisionQuality]:
+        """Score the version serving each role now (the version of the role's latest prediction, so a
+        promotion moves the champion's series at once) on its latest labelled predictions; a role whose
+        version has no labels yet has no series."""
         now = time.time() if now is None else now
-        joined = self.ledger.labelled(model, since=now - self.max_age_seconds)
+        serving = self.ledger.serving_versions(model)
+        joined = self.ledger.labelled(model, since=now - self.max_age_seconds, versions=set(serving.values()))
         found: list[RevisionQuality] = []
         for role in ("champion", "canary"):
-            rows = joined[joined["role"] == role]
-            if rows.empty:
+            version = serving.get(role)
+            rows = joined[(joined["role"] == role) & (joined["version"] == version)].tail(self.window)
+            if version is None or rows.empty:
+                self._drop(model, role)
                 continue
-            version = str(rows["version"].iloc[-1])
-            rows = rows[rows["version"] == version].tail(self.window)
             facts = self.spec_of(model, version)
             y = (rows["label"] == facts.target.positive).to_numpy(dtype=int)
             metrics = score_window(y, rows["score"].to_numpy(dtype=float), facts.decision_threshold)
@@ -175,6 +180,12 @@ class QualityMonitor:
                 self._export_bounds(model, facts)
             found.append(result)
         return found
+
+    def _drop(self, model: str, role: str) -> None:
+        with self._lock:
+            before = self.results.pop((model, role), None)
+            if before is not None:
+                self._remove(before, keep_version=False, now={})
 
     def _export(self, result: RevisionQuality) -> None:
         key = (result.model, result.role)
@@ -204,9 +215,16 @@ class QualityMonitor:
                     gauge.remove(*labels)
 
     def _export_bounds(self, model: str, facts: SpecFacts) -> None:
+        """The champion spec's bounds; a bound the new champion's spec dropped stops being enforced."""
         for gauge, bounds in ((self.minimum, facts.minimum), (self.maximum, facts.maximum)):
+            exported = self._bounds.setdefault((id(gauge), model), set())
+            for metric in exported - set(bounds):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(model, metric)
             for metric, value in bounds.items():
                 gauge.labels(model, metric).set(value)
+            exported.clear()
+            exported.update(bounds)
 
     def latest(self, model: str) -> list[dict]:
         with self._lock:

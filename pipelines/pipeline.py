@@ -32,7 +32,7 @@ def training_pipeline(
     # inputs. Extract reads the source and the registry, evaluate reads @champion, and train,
     # register, materialize and deploy write to MLflow, Feast or the cluster: all run every time.
     # Only validate (the training set and the spec in, a report out) keeps its cache.
-    extract = extract_op(spec_yaml=spec_yaml, tracking_uri=tracking_uri)
+    extract = extract_op(spec_yaml=spec_yaml, tracking_uri=tracking_uri, feature_repo=feature_repo)
     extract.set_display_name("extract features (Feast, staged)")
     extract.set_caching_options(False)
     training_set = extract.outputs["training_set"]

@@ -218,3 +218,29 @@ def test_a_window_of_one_class_has_no_roc_auc_and_a_new_version_replaces_the_old
     monitor.compute()
     assert _sample(registry, QUALITY, **labels, metric="positive_rate") is None  # v1 no longer serves
     assert _sample(registry, QUALITY, **{**labels, "version": "2"}, metric="positive_rate") == 1.0
+
+
+def test_a_promotion_moves_the_champion_series_before_the_new_versions_labels_come(location):
+    """After v2 is promoted, v1's old (labelled) scores must not stand for the champion: an alert on them
+    would retrain a model that no longer serves. A bound the new champion's spec drops is dropped too."""
+    ledger = OutcomeLedger.at(location)
+    ledger.record_predictions(_predictions(12, prefix="a"))
+    ledger.record_feedback("churn", [Feedback("No", id=f"a{i // 4}-{i % 4}") for i in range(12)], lambda v: TARGET)
+    registry = CollectorRegistry()
+    specs = {"1": SpecFacts(TARGET, 0.5, {"f1": 0.5, "roc_auc": 0.8}, {}), "2": SpecFacts(TARGET, 0.5, {"f1": 0.5}, {})}
+    monitor = QualityMonitor(ledger, lambda m, v: specs[v], registry, max_age_seconds=1e12)
+    monitor.compute()
+    old = {"model": "churn", "version": "1", "role": "champion"}
+    assert _sample(registry, QUALITY_LABELLED_ROWS, **old) == 12
+
+    ledger.record_predictions(_predictions(3, version="2", start=9_000.0, prefix="b"))  # v2 serves, unlabelled
+    monitor.compute()
+    assert _sample(registry, QUALITY_LABELLED_ROWS, **old) is None
+    assert _sample(registry, QUALITY, **old, metric="positive_rate") is None
+    assert monitor.latest("churn") == []
+
+    ledger.record_feedback("churn", [Feedback("Yes", id="b0-0")], lambda v: TARGET)
+    monitor.compute()
+    assert _sample(registry, QUALITY_LABELLED_ROWS, model="churn", version="2", role="champion") == 1
+    assert _sample(registry, QUALITY_MINIMUM, model="churn", metric="f1") == 0.5
+    assert _sample(registry, QUALITY_MINIMUM, model="churn", metric="roc_auc") is None

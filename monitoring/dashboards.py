@@ -4,7 +4,8 @@ dashboard at 3 a.m.).
 
 "Shepherd / Rollouts": what each rollout is doing and why (phase, canary traffic, gate verdicts, the
 values the rollback alerts compare, promotions and rollbacks as annotations, firing alerts).
-"Shepherd / Model health": drift per revision and reference, per-feature drift, the prediction score
+"Shepherd / Model health": drift per revision and reference, per-feature drift, live quality on the
+labels fed back (with the spec's bounds the champion-quality alerts compare), the prediction score
 distribution, request and row volume.
 
 Plain dicts in Grafana's dashboard JSON model (schemaVersion 39); the Helm chart ships the JSON files
@@ -26,7 +27,13 @@ from monitoring.metrics import (
     DRIFT_FEATURE_SCORE,
     DRIFT_SHARE,
     DRIFT_WINDOW_ROWS,
+    FEEDBACK_LABELS_TOTAL,
     PREDICTION_SCORE,
+    QUALITY,
+    QUALITY_LABEL_DELAY_SECONDS,
+    QUALITY_LABELLED_ROWS,
+    QUALITY_MAXIMUM,
+    QUALITY_MINIMUM,
     REQUESTS_TOTAL,
     ROLLOUT_CANARY_PERCENT,
     ROLLOUT_GATE_VERDICT,
@@ -37,9 +44,13 @@ from monitoring.metrics import (
 from monitoring.rules import (
     CANARY_P99_RATIO,
     CHAMPION_DRIFT_FOR,
+    CHAMPION_QUALITY_ABOVE_MAXIMUM,
+    CHAMPION_QUALITY_BELOW_MINIMUM,
+    CHAMPION_QUALITY_FOR,
     DEFAULT_THRESHOLDS,
     DRIFT_SHARE_THRESHOLD,
     FAST_WINDOW,
+    QUALITY_MIN_LABELLED_ROWS,
     REVISION_ERROR_RATIO,
     REVISION_P99,
     REVISION_REQUESTS,
@@ -116,6 +127,18 @@ def _color_by_name(pattern: str, color: str) -> dict:
     return {
         "matcher": {"id": "byRegexp", "options": pattern},
         "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": color}}],
+    }
+
+
+def _bound_line(pattern: str) -> dict:
+    """A series that is a limit (a spec's bound, per model): dashed red, like a panel's threshold line."""
+    return {
+        "matcher": {"id": "byRegexp", "options": pattern},
+        "properties": [
+            {"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}},
+            {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
+            {"id": "custom.fillOpacity", "value": 0},
+        ],
     }
 
 
@@ -335,7 +358,10 @@ _GATES = DEFAULT_THRESHOLDS
 MODEL_HEALTH = Dashboard(
     uid="shepherd-model-health",
     title="Shepherd / Model health",
-    description="Input drift per revision, the prediction score distribution, request and row volume.",
+    description=(
+        "Input drift per revision, live quality on the labels fed back, the prediction score distribution, "
+        "request and row volume."
+    ),
     rows=(
         Row(
             "Drift",
@@ -423,6 +449,107 @@ MODEL_HEALTH = Dashboard(
                     "drift service is broken, and the drift panels are stale.",
                     "cps",
                     (Query(f"sum by (outcome) (rate({DRIFT_EVENTS_TOTAL}[{RATE}]))", "{{outcome}}"),),
+                ),
+            ),
+        ),
+        Row(
+            "Live quality",
+            (
+                Panel(
+                    f"Live ROC AUC by revision ({CHAMPION_QUALITY_BELOW_MINIMUM})",
+                    "ROC AUC of each served revision (champion and canary) on its latest labelled predictions "
+                    "(labels come back with `shepherd feedback`; `shepherd quality <model>` prints the same "
+                    "numbers). The dashed red line is the model's evaluation.minimum from its champion's spec: "
+                    f"a champion below it for {CHAMPION_QUALITY_FOR}, on at least {QUALITY_MIN_LABELLED_ROWS} "
+                    f"labelled predictions, is retrained ({CHAMPION_QUALITY_BELOW_MINIMUM}). 0.5 is a coin "
+                    f"toss. No line: no labels yet, or a window with one class only. {RUNBOOK_NOTE}",
+                    "none",
+                    (
+                        Query(f'{QUALITY}{{{MODEL}, metric="roc_auc"}}', REVISION),
+                        Query(
+                            f'max by (model, metric) ({QUALITY_MINIMUM}{{{MODEL}, metric="roc_auc"}})',
+                            "{{model}} minimum",
+                        ),
+                    ),
+                    defaults={"max": 1},
+                    overrides=(_bound_line(".* minimum"),),
+                ),
+                Panel(
+                    f"Live log loss by revision ({CHAMPION_QUALITY_ABOVE_MAXIMUM})",
+                    "Log loss of each served revision on its latest labelled predictions: lower is better, it "
+                    "punishes confident wrong scores. The dashed red line is the model's evaluation.maximum: "
+                    f"a champion above it for {CHAMPION_QUALITY_FOR}, on at least {QUALITY_MIN_LABELLED_ROWS} "
+                    f"labelled predictions, is retrained ({CHAMPION_QUALITY_ABOVE_MAXIMUM}). {RUNBOOK_NOTE}",
+                    "none",
+                    (
+                        Query(f'{QUALITY}{{{MODEL}, metric="log_loss"}}', REVISION),
+                        Query(
+                            f'max by (model, metric) ({QUALITY_MAXIMUM}{{{MODEL}, metric="log_loss"}})',
+                            "{{model}} maximum",
+                        ),
+                    ),
+                    width=6,
+                    defaults={"min": 0},
+                    overrides=(_bound_line(".* maximum"),),
+                ),
+                Panel(
+                    f"Live calibration error by revision ({CHAMPION_QUALITY_ABOVE_MAXIMUM})",
+                    "Expected calibration error (ece, 10 bins) on the latest labelled predictions: how far the "
+                    "predicted probabilities are from the observed rates (0: a score of 0.3 is right 30 % of "
+                    "the time). The dashed red line is evaluation.maximum; a champion above it for "
+                    f"{CHAMPION_QUALITY_FOR} is retrained. Ranking (ROC AUC) can hold while calibration "
+                    "drifts: thresholds on the score then decide wrongly.",
+                    "none",
+                    (
+                        Query(f'{QUALITY}{{{MODEL}, metric="ece"}}', REVISION),
+                        Query(
+                            f'max by (model, metric) ({QUALITY_MAXIMUM}{{{MODEL}, metric="ece"}})',
+                            "{{model}} maximum",
+                        ),
+                    ),
+                    width=6,
+                    defaults={"min": 0},
+                    overrides=(_bound_line(".* maximum"),),
+                ),
+                Panel(
+                    "Labelled predictions in the quality window",
+                    "Predictions with a label fed back, per revision, in its quality window (the latest "
+                    "labelled predictions, 1000 by default: the drift service's --quality-window). Below the "
+                    f"line ({QUALITY_MIN_LABELLED_ROWS}) the champion-quality alerts give no verdict. Flat "
+                    "while the model serves: labels stopped coming back (is the `shepherd feedback` job "
+                    "running?).",
+                    "short",
+                    (Query(f"{QUALITY_LABELLED_ROWS}{{{MODEL}}}", REVISION),),
+                    width=8,
+                    threshold=QUALITY_MIN_LABELLED_ROWS,
+                ),
+                Panel(
+                    "Median label delay by revision",
+                    "Median time from a prediction to its label, over the revision's quality window. Live "
+                    "quality describes predictions this old: a champion's quality drop shows here only a label "
+                    "delay after it began, and a new revision gets its first numbers only that long after it "
+                    "starts serving.",
+                    "s",
+                    (Query(f"{QUALITY_LABEL_DELAY_SECONDS}{{{MODEL}}}", REVISION),),
+                    width=8,
+                ),
+                Panel(
+                    "Feedback labels received by outcome",
+                    "Labels per second the drift service receives (`shepherd feedback`, POST "
+                    "/models/<model>/feedback), by outcome: accepted (recorded), duplicate (the same label "
+                    "again: harmless, resends are safe), skipped (no logged prediction to join, with "
+                    "--skip-unknown) or rejected (the batch was refused; the response names labels[i] and the "
+                    "field). A rise of rejected or skipped: the label feed broke.",
+                    "suffix: labels/s",
+                    (
+                        Query(
+                            f"sum by (model, outcome) (rate({FEEDBACK_LABELS_TOTAL}{{{MODEL}}}[{RATE}]))",
+                            "{{model}} {{outcome}}",
+                        ),
+                    ),
+                    width=8,
+                    custom={"stacking": {"mode": "normal"}, "fillOpacity": 30},
+                    overrides=(_color_by_name(".* rejected", "red"), _color_by_name(".* skipped", "orange")),
                 ),
             ),
         ),

@@ -41,6 +41,10 @@ from monitoring.metrics import (
     DRIFT_SHARE,
     DRIFT_WINDOW_ROWS,
     OUTCOMES,
+    QUALITY,
+    QUALITY_LABELLED_ROWS,
+    QUALITY_MAXIMUM,
+    QUALITY_MINIMUM,
     REQUEST_DURATION_SECONDS,
     REQUESTS_TOTAL,
     ROLES,
@@ -86,6 +90,14 @@ DRIFT_SHARE_THRESHOLD = 0.5
 DRIFT_MIN_WINDOW_ROWS = 100  # fewer logged rows than this: no verdict on the champion's drift
 CHAMPION_DRIFT_FOR = "15m"  # a retraining run costs minutes of compute: only for drift that persists
 
+# -- live quality (monitoring/quality.py exports the gauges, through the drift service) -------------
+# A champion is retrained when its live quality, on the labelled predictions it served, breaks its own
+# spec's evaluation bounds (evaluation.minimum / evaluation.maximum: the bars every version had to clear
+# to be registered). The drift service exports those bounds beside the scores, so one rule judges every
+# model by its own numbers. A metric at its bound passes, as in the evaluate step (`value >= minimum`).
+QUALITY_MIN_LABELLED_ROWS = 200  # fewer labelled predictions in the revision's window: no verdict
+CHAMPION_QUALITY_FOR = CHAMPION_DRIFT_FOR  # as for drift: a retraining run only for a drop that persists
+
 # -- serving health ---------------------------------------------------------------------------------
 NO_TRAFFIC_WINDOW = "10m"
 NO_TRAFFIC_FOR = "5m"  # fires 10-15 min after a revision's last request
@@ -108,9 +120,20 @@ CANARY_ERROR_RATE_HIGH = "ShepherdCanaryErrorRateHigh"
 CANARY_LATENCY_HIGH = "ShepherdCanaryLatencyHigh"
 CANARY_DRIFT = "ShepherdCanaryDrift"
 CHAMPION_DRIFT = "ShepherdChampionDrift"
+CHAMPION_QUALITY_BELOW_MINIMUM = "ShepherdChampionQualityBelowMinimum"
+CHAMPION_QUALITY_ABOVE_MAXIMUM = "ShepherdChampionQualityAboveMaximum"
 NO_TRAFFIC = "ShepherdNoTraffic"
 PREDICTOR_DOWN = "ShepherdPredictorDown"
-ALERTS = (CANARY_ERROR_RATE_HIGH, CANARY_LATENCY_HIGH, CANARY_DRIFT, CHAMPION_DRIFT, NO_TRAFFIC, PREDICTOR_DOWN)
+ALERTS = (
+    CANARY_ERROR_RATE_HIGH,
+    CANARY_LATENCY_HIGH,
+    CANARY_DRIFT,
+    CHAMPION_DRIFT,
+    CHAMPION_QUALITY_BELOW_MINIMUM,
+    CHAMPION_QUALITY_ABOVE_MAXIMUM,
+    NO_TRAFFIC,
+    PREDICTOR_DOWN,
+)
 
 # On each canary alert: whose thresholds it enforces, "defaults" or the model(s) whose spec sets its own
 # (it also keeps one model's rules distinct from the defaults' for Prometheus and promtool).
@@ -393,6 +416,55 @@ def champion_drift_alerts(runbook: str = RUNBOOK) -> list[dict]:
     ]
 
 
+def champion_quality_alerts(runbook: str = RUNBOOK) -> list[dict]:
+    """The champion's live quality against its spec's evaluation bounds: retrain when it breaks one.
+
+    One rule per direction for every model and metric: the bounds are series (`QUALITY_MINIMUM`,
+    `QUALITY_MAXIMUM`, per model and metric), so a metric without a bound in the spec is never judged,
+    and `positive_rate` / `predicted_positive_rate` (no bounds) never are."""
+    rows = f"and on (model, version, role)\n({QUALITY_LABELLED_ROWS} >= {QUALITY_MIN_LABELLED_ROWS})"
+    retrain = {"severity": "warning", ALERT_ACTION_LABEL: _action("retrain")}
+    alerts = []
+    for name, op, bound_metric, bound, field_name, side in (
+        (CHAMPION_QUALITY_BELOW_MINIMUM, "<", QUALITY_MINIMUM, "minimum", "evaluation.minimum", "below"),
+        (CHAMPION_QUALITY_ABOVE_MAXIMUM, ">", QUALITY_MAXIMUM, "maximum", "evaluation.maximum", "above"),
+    ):
+        # The bound's value for the description, read when the alert is sent; left out if it is missing.
+        bound_value = (
+            '{{ with printf "' + bound_metric + '{model=%q, metric=%q}" $labels.model $labels.metric | query }}'
+            ': {{ . | first | value | printf "%.3f" }}{{ end }}'
+        )
+        alerts.append(
+            {
+                "alert": name,
+                "expr": (
+                    f'({QUALITY}{{role="{CHAMPION}"}}\n{op} on (model, metric) group_left\n'
+                    # max by: one bound per model and metric even with several drift-service replicas
+                    f"max by (model, metric) ({bound_metric}))\n{rows}"
+                ),
+                "for": CHAMPION_QUALITY_FOR,
+                "labels": dict(retrain),
+                "annotations": {
+                    "summary": (
+                        "{{ $labels.model }} champion v{{ $labels.version }}: live {{ $labels.metric }} "
+                        f'{{{{ $value | printf "%.3f" }}}} is {side} its {bound}'
+                    ),
+                    "description": (
+                        f"For the last {CHAMPION_QUALITY_FOR}, the {{{{ $labels.metric }}}} of "
+                        "{{ $labels.model }} v{{ $labels.version }} (champion) on the latest labelled "
+                        f'predictions it served is {{{{ $value | printf "%.3f" }}}} (now), {side} the {bound} '
+                        f"its spec sets ({field_name}{bound_value}), judged on at least "
+                        f"{QUALITY_MIN_LABELLED_ROWS} labelled predictions "
+                        "(monitoring.rules.QUALITY_MIN_LABELLED_ROWS). Shepherd starts a retraining run on "
+                        "fresh data; the new version goes through evaluation and a canary like any other."
+                    ),
+                    "runbook_url": _runbook(runbook, name),
+                },
+            }
+        )
+    return alerts
+
+
 def serving_alerts(runbook: str = RUNBOOK, predictor_job: str = PREDICTOR_JOB_REGEX) -> list[dict]:
     by = "model, version, role"
     window = NO_TRAFFIC_WINDOW
@@ -473,7 +545,12 @@ def rule_groups(
         drift_rules += canary_drift_alerts(thresholds, selector, runbook, source)
     return [
         {"name": GROUP_CANARY, "interval": canary_interval, "rules": canary_rules},
-        {"name": GROUP_DRIFT, "interval": slow_interval, "rules": drift_rules + champion_drift_alerts(runbook)},
+        # Live quality comes from the drift service too, at the same pace: one group for the drift service's series.
+        {
+            "name": GROUP_DRIFT,
+            "interval": slow_interval,
+            "rules": drift_rules + champion_drift_alerts(runbook) + champion_quality_alerts(runbook),
+        },
         {"name": GROUP_SERVING, "interval": slow_interval, "rules": serving_alerts(runbook, predictor_job)},
     ]
 

@@ -241,6 +241,8 @@ def test_every_alert_says_what_it_is_and_what_shepherd_does():
         rules.CANARY_LATENCY_HIGH: "rollback",
         rules.CANARY_DRIFT: "rollback",
         rules.CHAMPION_DRIFT: "retrain",
+        rules.CHAMPION_QUALITY_BELOW_MINIMUM: "retrain",
+        rules.CHAMPION_QUALITY_ABOVE_MAXIMUM: "retrain",
         rules.NO_TRAFFIC: "none",
         rules.PREDICTOR_DOWN: "none",
     }

@@ -22,7 +22,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -66,6 +66,19 @@ class RevisionQuality:
     metrics: dict[str, float]  # metric name -> value; a metric the window cannot define is absent
     label_delay_seconds: float
     computed_at: float
+    minimum: dict[str, float] = field(default_factory=dict)  # the version's spec: evaluation.minimum
+    maximum: dict[str, float] = field(default_factory=dict)  # ... and evaluation.maximum
+
+    def broken_bounds(self) -> list[str]:
+        """Each bound of the spec the live metrics break, in words (a metric the window lacks breaks none)."""
+        broken = []
+        for metric, bound in sorted(self.minimum.items()):
+            if self.metrics.get(metric, bound) < bound:
+                broken.append(f"{metric} {self.metrics[metric]:.3f} < minimum {bound:g}")
+        for metric, bound in sorted(self.maximum.items()):
+            if self.metrics.get(metric, bound) > bound:
+                broken.append(f"{metric} {self.metrics[metric]:.3f} > maximum {bound:g}")
+        return broken
 
 
 def score_window(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
@@ -174,7 +187,9 @@ class QualityMonitor:
             y = (rows["label"] == facts.target.positive).to_numpy(dtype=int)
             metrics = score_window(y, rows["score"].to_numpy(dtype=float), facts.decision_threshold)
             delay = float(np.median(rows["labelled_at"].to_numpy(float) - rows["predicted_at"].to_numpy(float)))
-            result = RevisionQuality(model, version, role, len(rows), metrics, max(delay, 0.0), now)
+            result = RevisionQuality(
+                model, version, role, len(rows), metrics, max(delay, 0.0), now, dict(facts.minimum), dict(facts.maximum)
+            )
             self._export(result)
             if role == "champion":
                 self._export_bounds(model, facts)

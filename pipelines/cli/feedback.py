@@ -211,14 +211,18 @@ def _json(response) -> dict:
     return body if isinstance(body, dict) else {}
 
 
-@app.command()
-@friendly
-def quality(
-    model: ModelArgument,
-    url: Annotated[str | None, typer.Option(help="A monitoring service URL [default: the local plane's].")] = None,
-    home: HomeOption = None,
-) -> None:
-    """Live model quality per served revision, from its predictions joined with the labels fed back."""
+quality_app = typer.Typer(
+    help="Live model quality: served predictions joined with the labels fed back.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(quality_app, name="quality")
+QualityUrlOption = Annotated[
+    str | None, typer.Option("--url", help="A monitoring service URL [default: the local plane's].")
+]
+
+
+def _quality(model: str, url: str | None, home) -> dict:
     import httpx
 
     from serving.backends import PlaneProcess
@@ -230,31 +234,94 @@ def quality(
         if plane is None:
             raise NoBackend("no serving plane is running", hint="`shepherd up`, or --url")
         base = f"{plane.url}/drift"
-    body = httpx.get(f"{base}/models/{model}/quality", timeout=30).json()
+    try:
+        body = httpx.get(f"{base}/models/{model}/quality", timeout=30).json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise NoBackend(f"cannot read live quality from {base}: {exc}") from exc
     if "error" in body:
         raise NoBackend(body["error"])
+    return body
+
+
+@quality_app.command("status")
+@friendly
+def quality_status(model: ModelArgument, url: QualityUrlOption = None, home: HomeOption = None) -> None:
+    """Live quality per served revision, from its predictions joined with the labels fed back."""
+    body = _quality(model, url, home)
     table = Table(
         title=f"{model}: live quality ({body['labels']} labels for {body['predictions']} logged predictions; "
         f"window {body['window']} labelled rows per revision)"
     )
-    for column in ("revision", "labelled", "roc_auc", "log_loss", "brier", "ece", "positive rate", "label delay"):
+    for column in ("revision", "labelled", "roc_auc", "f1", "log_loss", "brier", "ece", "positive rate", "label delay"):
         table.add_column(column)
     for r in body["revisions"]:
-        m = r["metrics"]
 
-        def cell(name: str, metrics=m) -> str:
+        def cell(name: str, metrics=r["metrics"]) -> str:
             return f"{metrics[name]:.3f}" if name in metrics else "-"
 
         table.add_row(
             f"v{r['version']} ({r['role']})",
             str(r["labelled_rows"]),
-            cell("roc_auc"),
-            cell("log_loss"),
-            cell("brier"),
-            cell("ece"),
-            cell("positive_rate"),
+            *(cell(m) for m in ("roc_auc", "f1", "log_loss", "brier", "ece", "positive_rate")),
             f"{r['label_delay_seconds']:.0f} s",
         )
     out.print(table)
     if not body["revisions"]:
         console.print("no labelled predictions yet: send labels with `shepherd feedback`")
+
+
+@quality_app.command("check")
+@friendly
+def quality_check(
+    model: ModelArgument,
+    retrain: Annotated[bool, typer.Option(help="Start a retraining run when the champion breaks a bound.")] = True,
+    home: HomeOption = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI [env: MLFLOW_TRACKING_URI].")] = None,
+    url: QualityUrlOption = None,
+) -> None:
+    """The embedded default's champion-quality alert: the champion's live quality against its spec's
+    evaluation.minimum / maximum, on at least as many labelled predictions as the alert rule needs; when a
+    bound is broken, start one retraining run of the champion's stored spec (it trains on the labelled
+    production rows too), as the webhook does on a cluster."""
+    import contextlib
+
+    from monitoring.rules import QUALITY_MIN_LABELLED_ROWS
+    from monitoring.webhook import LocalRetrainer, record_retraining
+    from pipelines.cli.common import serving_backend
+
+    settings = Settings.from_env(home=home, tracking_uri=tracking_uri)
+    body = _quality(model, url, home)
+    champion = next((r for r in body["revisions"] if r["role"] == "champion"), None)
+    if champion is None or champion["labelled_rows"] < QUALITY_MIN_LABELLED_ROWS:
+        have = champion["labelled_rows"] if champion else 0
+        console.print(
+            f"no verdict on the champion of {model} yet: {have} labelled predictions, the alert needs "
+            f"{QUALITY_MIN_LABELLED_ROWS} (send labels with `shepherd feedback`)"
+        )
+        raise typer.Exit(1)
+    broken = _broken(champion)
+    shown = ", ".join(
+        f"{m} {v:.3f}" for m, v in sorted(champion["metrics"].items()) if m in ("roc_auc", "f1", "log_loss", "ece")
+    )
+    console.print(
+        f"{model} v{champion['version']} (champion) on its {champion['labelled_rows']} latest labelled "
+        f"predictions: {shown}"
+    )
+    if not broken:
+        console.print("[green]within its spec's bounds[/]: nothing to do")
+        return
+    reason = "champion live quality: " + "; ".join(broken)
+    if not retrain:
+        console.print(f"[yellow]{reason}[/]: a retraining run would start (--no-retrain given)")
+        return
+    started = LocalRetrainer(settings.home, settings.tracking_uri)(model, reason)
+    with contextlib.suppress(NoBackend):  # with --url and no local plane there is no object to note it on
+        record_retraining(serving_backend(None, settings), "models", model, f"{reason}; {started}")
+    console.print(f"[yellow]{reason}[/]: retraining started ({started})")
+
+
+def _broken(revision: dict) -> list[str]:
+    """The bounds a revision's live metrics break (as RevisionQuality.broken_bounds, from its JSON)."""
+    from monitoring.quality import RevisionQuality
+
+    return RevisionQuality(**revision).broken_bounds()

@@ -285,6 +285,28 @@ def test_webhook_token_secret_is_created_only_without_an_existing_one():
     assert not by_kind(documents(render("full")), "Secret")
 
 
+def test_with_a_shared_feature_store_the_drift_service_takes_feedback_behind_a_token():
+    """webhook.featureRepo (PostgreSQL) holds the outcome ledger too: the drift service is given it, its
+    feedback token (the chart's generated Secret, or an existing one), and the peers that may post labels."""
+    full = documents(render("full", "shepherd", "models"))
+    drift = by_kind(full, "Deployment")["shepherd-drift"]["spec"]["template"]["spec"]
+    (container,) = drift["containers"]
+    assert "--feedback-token-file=/etc/shepherd/feedback/token" in container["command"]
+    assert "--quality-window=2000" in container["command"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["SHEPHERD_FEATURE_REPO"] == "postgresql://feast@feast-db.data.svc:5432/feast"
+    (volume,) = [v for v in drift["volumes"] if v["name"] == "feedback-token"]
+    assert volume["secret"]["secretName"] == "shepherd-feedback-token"
+    assert volume["secret"]["items"] == [{"key": "bearer", "path": "token"}]
+    policy = by_kind(full, "NetworkPolicy")["shepherd-drift"]["spec"]["ingress"][0]["from"]
+    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "labelling"}}} in policy
+
+    generated = documents(render("default", "shepherd", "models", "--set", "webhook.featureRepo=postgresql://u@db/f"))
+    assert len(by_kind(generated, "Secret")["shepherd-drift-feedback-token"]["data"]["token"]) > 40
+    plain = by_kind(documents(render("default")), "Deployment")["shepherd-drift"]["spec"]["template"]["spec"]
+    assert not any("feedback" in arg for arg in plain["containers"][0]["command"])  # no store: no feedback
+
+
 def test_monitoring_objects_are_wired_to_the_webhook_and_the_generated_files():
     docs = documents(render("full", "shepherd", "models"))
     (rule,) = by_kind(docs, "PrometheusRule").values()
@@ -388,7 +410,7 @@ def test_network_policies_admit_only_the_documented_peers():
     alertmanager = (monitoring, {"matchLabels": {"app.kubernetes.io/name": "alertmanager"}})
     models = ({"kubernetes.io/metadata.name": "models"}, {})
     assert peers("controller") == [prometheus]
-    assert peers("drift") == [prometheus, models]
+    assert peers("drift") == [prometheus, models, ({"kubernetes.io/metadata.name": "labelling"}, {})]  # feedback
     assert peers("webhook") == [prometheus, alertmanager]
     assert models in peers("mlflow")
 

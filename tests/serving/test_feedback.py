@@ -51,6 +51,17 @@ def _logged(plane, at_least: int) -> dict:
     return wait_for(lambda: (q := _quality(plane))["predictions"] >= at_least and q, seconds=30, what="logged rows")
 
 
+def _cli(plane, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args],
+        cwd=REPO,
+        env={**os.environ, "SHEPHERD_HOME": str(plane.home), "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def _v2(churn_spec, rows) -> dict:
     return {
         "inputs": [
@@ -176,6 +187,10 @@ def test_live_quality_scores_the_labelled_revisions(plane, rows, churn_frame):
     revisions = wait_for(scored, seconds=30, what="quality of both revisions")
     assert revisions["champion"]["version"] == "1" and revisions["canary"]["version"] == "2"
     assert revisions["champion"]["metrics"]["roc_auc"] > 0.6  # a real model on its own training rows
+    shown = _cli(plane, "quality", "status", "churn")
+    assert shown.returncode == 0 and "v1 (champion)" in shown.stdout and "v2 (canary)" in shown.stdout, shown.stdout
+    checked = _cli(plane, "quality", "check", "churn", "--no-retrain")  # ~100 labels each: the alert needs 200
+    assert checked.returncode == 1 and "the alert needs 200" in checked.stdout + checked.stderr
     metrics = httpx.get(f"{plane.url}/drift/metrics", timeout=30).text
     assert 'shepherd_model_quality{metric="roc_auc",model="churn",role="canary",version="2"}' in metrics
     assert 'shepherd_model_quality_minimum{metric="roc_auc",model="churn"} 0.8' in metrics

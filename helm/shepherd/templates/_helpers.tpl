@@ -93,6 +93,20 @@ app.kubernetes.io/part-of: shepherd
 {{- if .Values.webhook.token.existingSecret }}{{ .Values.webhook.token.existingSecretKey }}{{ else }}token{{ end }}
 {{- end }}
 
+{{/* The Secret holding the token feedback must present (the user's, or the one the chart creates). */}}
+{{- define "shepherd.feedbackSecretName" -}}
+{{- .Values.drift.feedback.token.existingSecret | default (printf "%s-feedback-token" (include "shepherd.componentName" (dict "root" . "component" "drift"))) }}
+{{- end }}
+
+{{- define "shepherd.feedbackSecretKey" -}}
+{{- if .Values.drift.feedback.token.existingSecret }}{{ .Values.drift.feedback.token.existingSecretKey }}{{ else }}token{{ end }}
+{{- end }}
+
+{{/* Whether the drift service keeps an outcome ledger and takes feedback. */}}
+{{- define "shepherd.feedbackEnabled" -}}
+{{- if .Values.webhook.featureRepo }}true{{ else }}false{{ end }}
+{{- end }}
+
 {{/* The webhook URL Alertmanager posts to. */}}
 {{- define "shepherd.webhookUrl" -}}
 {{- printf "http://%s.%s.svc:%d/alerts" (include "shepherd.componentName" (dict "root" . "component" "webhook")) .Release.Namespace (int .Values.service.port) }}
@@ -142,6 +156,10 @@ app.kubernetes.io/part-of: shepherd
 - --port=8080
 - --window-rows={{ $v.drift.windowRows }}
 - --min-rows={{ $v.drift.minRows }}
+{{- if eq (include "shepherd.feedbackEnabled" .root) "true" }}
+- --quality-window={{ $v.drift.feedback.qualityWindow }}
+- --feedback-token-file=/etc/shepherd/feedback/token
+{{- end }}
 {{- range $v.drift.extraArgs }}
 - {{ . | quote }}
 {{- end }}
@@ -194,6 +212,11 @@ app.kubernetes.io/part-of: shepherd
 {{- else }}
 - name: MLFLOW_TRACKING_URI
   value: {{ include "shepherd.mlflowTrackingUri" .root | quote }}
+{{- end }}
+{{- if and (eq .component "drift") (eq (include "shepherd.feedbackEnabled" .root) "true") }}
+{{- /* The outcome ledger lives with the feature store the retraining runs read. */}}
+- name: SHEPHERD_FEATURE_REPO
+  value: {{ $v.webhook.featureRepo | quote }}
 {{- end }}
 {{- if eq .component "webhook" }}
 - name: SHEPHERD_NAMESPACE

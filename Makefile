@@ -4,6 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 SHEPHERD := .venv/bin/shepherd
 PORT ?= 8080
+DEMO_LABELS ?= $${SHEPHERD_HOME:-.shepherd}/demo-labels.csv
 export GX_ANALYTICS_ENABLED := false
 # Quiet the libraries' import-time chatter in command output; tests still see every warning they assert.
 export PYTHONWARNINGS := ignore::DeprecationWarning,ignore::FutureWarning,ignore::UserWarning
@@ -16,29 +17,40 @@ help: ## List the targets
 venv: ## Create .venv (the stack is installed once per machine, then reused)
 	@./scripts/venv.sh
 
-demo: venv ## Set up, train, serve, and tell the rollout story: promote, roll back, drift -> retrain
-	@echo "==> 1/9 starting the local serving plane on port $(PORT) (KServe model servers, router, drift service)"
+demo: venv ## Set up, train, serve, and tell the whole story: promote, roll back, drift + labels -> retrain -> promote
+	@echo "==> 1/12 starting the local serving plane on port $(PORT) (KServe model servers, router, drift service)"
 	@$(SHEPHERD) up --port $(PORT)
-	@echo "==> 2/9 training pipeline: the first model becomes @champion and serves 100 %"
+	@echo "==> 2/12 training pipeline: the first model becomes @champion and serves 100 %"
 	@$(SHEPHERD) run --spec specs/churn.yaml
-	@echo "==> 3/9 a challenger with other parameters: promoted, it becomes a canary at 10 % next to the champion"
+	@echo "==> 3/12 a challenger with other parameters: promoted, it becomes a canary at 10 % next to the champion"
 	@$(SHEPHERD) run --spec specs/churn.yaml --param C=0.5
 	@$(SHEPHERD) traffic --requests 200
-	@echo "==> 4/9 the rollout loop steps the healthy canary up while its gates pass, then promotes it"
+	@echo "==> 4/12 the rollout loop steps the healthy canary up while its gates pass, then promotes it"
 	@$(SHEPHERD) rollout watch churn --traffic 25 --timeout 300
-	@echo "==> 5/9 a third challenger, and a rollback drill: its canary fails every request"
+	@echo "==> 5/12 a third challenger, and a rollback drill: its canary fails every request"
 	@$(SHEPHERD) run --spec specs/churn.yaml --param C=2.0
 	@$(SHEPHERD) rollout fault churn --error-rate 1.0 || echo "(no new canary: this challenger was trained by an earlier demo; make clean for the whole story)"
 	@$(SHEPHERD) rollout watch churn --traffic 25 --timeout 300
-	@echo "==> 6/9 a shifted population (new month-to-month customers) reaches the champion"
-	@$(SHEPHERD) traffic --requests 120 --batch 5 --where "contract == 'Month-to-month' and tenure < 12"
+	@echo "==> 6/12 a shifted population reaches the champion: new month-to-month customers no model learned from"
+	@$(SHEPHERD) traffic --requests 120 --batch 5 --held-out --where "contract == 'Month-to-month' and tenure < 12" --labels-out $(DEMO_LABELS)
 	@sleep 7  # the drift service computes every 5 s
 	@$(SHEPHERD) drift status churn
-	@echo "==> 7/9 champion drift starts a retraining run of the champion's spec (the webhook does this on a cluster)"
-	@$(SHEPHERD) drift check churn
-	@echo "==> 8/9 which version served when, and why"
+	@$(SHEPHERD) drift check churn --no-retrain
+	@echo "==> 7/12 a while later their real outcomes (the table's own churn column) come back as feedback"
+	@$(SHEPHERD) feedback churn $(DEMO_LABELS)
+	@sleep 7  # live quality is computed with drift, every 5 s
+	@$(SHEPHERD) quality status churn
+	@echo "==> 8/12 the champion breaks its spec's bounds on live labels: one retraining run, on the source and the fresh labelled rows, judged on the most recent rows"
+	@$(SHEPHERD) quality check churn --wait || true
+	@echo "==> 9/12 the retrained model as a canary: the segment keeps coming, its labels too"
+	@$(SHEPHERD) traffic --requests 120 --batch 5 --held-out --where "contract == 'Month-to-month' and tenure < 12" --labels-out $(DEMO_LABELS)
+	@sleep 2 && $(SHEPHERD) feedback churn $(DEMO_LABELS) && sleep 7
+	@$(SHEPHERD) quality status churn
+	@echo "==> 10/12 the rollout loop judges the canary (error rate, latency, drift) and promotes it"
+	@$(SHEPHERD) rollout watch churn --traffic 25 --timeout 300 || true
+	@echo "==> 11/12 which version served when, and why"
 	@$(SHEPHERD) history churn
-	@echo "==> 9/9 what is served now"
+	@echo "==> 12/12 what is served now"
 	@$(SHEPHERD) status
 	@echo "The plane keeps serving on http://127.0.0.1:$(PORT) (try: $(SHEPHERD) --help); stop it with: $(SHEPHERD) down"
 
@@ -75,12 +87,13 @@ format: venv ## Apply ruff's fixes and formatting
 	@$(PY) -m ruff check --fix .
 	@$(PY) -m ruff format components pipelines serving monitoring tests
 
-bench: venv e2e-tools ## Pipeline runs, serving vs MLServer (wrk), time to rollback; writes docs/benchmarks.md
+bench: venv e2e-tools ## Pipeline runs, serving vs MLServer (wrk), time to rollback, feedback ingestion + label join; writes docs/benchmarks.md
 	@command -v wrk >/dev/null || { echo "installing wrk (Debian package)"; apt-get install -y -qq wrk; }
 	@$(PY) -m benchmarks.pipeline_runs --output docs/benchmarks.md
 	@$(PY) -m benchmarks.pipeline_runners --output docs/benchmarks.md
 	@$(PY) -m benchmarks.serving --output docs/benchmarks.md
 	@$(PY) -m benchmarks.rollback --output docs/benchmarks.md
+	@$(PY) -m benchmarks.feedback --output docs/benchmarks.md
 
 infra-check: venv ## kustomize overlays vs a real apiserver, terraform (tofu fmt, hcl2 contract, checkov), workflows (actionlint)
 	@$(PY) -m pytest tests/cluster/test_manifests.py tests/unit/test_terraform.py tests/unit/test_workflows.py

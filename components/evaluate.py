@@ -152,8 +152,9 @@ def describe_holdout(holdout: pd.DataFrame, spec: ModelSpec) -> str:
         return f"{len(holdout)} rows chosen by the entity-key hash"
     stamps = holdout[EVENT_TIMESTAMP]
     first, last = stamps.min(), stamps.max()
-    span = f"observed {first:%Y-%m-%d}" if first == last else f"observed {first:%Y-%m-%d} .. {last:%Y-%m-%d}"
-    return f"the {len(holdout)} most recent rows ({span})"
+    if first == last:
+        return f"{len(holdout)} rows observed {first:%Y-%m-%d}, chosen among them by the entity-key hash"
+    return f"the {len(holdout)} most recent rows (observed {first:%Y-%m-%d} .. {last:%Y-%m-%d})"
 
 
 @step

@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -109,6 +110,8 @@ PENDING_ROWS_LIMIT = 100_000  # rows of those requests, per window; the oldest a
 DEFAULT_PENDING_TTL_SECONDS = 60.0  # a request whose response has not come by then never will
 ENV_PENDING_TTL = "SHEPHERD_DRIFT_PENDING_TTL"
 ENV_FEATURE_REPO = "SHEPHERD_FEATURE_REPO"
+SPEC_RETRY_SECONDS = 60  # a spec the registry could not give is asked for again after this
+SPEC_WAIT_SECONDS = 2.0  # the first event of a version waits this long for its spec (entity key), no more
 ENV_FEEDBACK_TOKEN = "SHEPHERD_FEEDBACK_TOKEN"
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
@@ -538,6 +541,9 @@ class DriftService:
         self.min_rows = min_rows
         self.pending_ttl = pending_ttl
         self.ledger = ledger  # where each predicted row is recorded for the labels that come back later
+        self._spec_retry: dict[tuple[str, str], float] = {}  # (model, version) -> when to ask the registry again
+        self._spec_fetches: dict[tuple[str, str], object] = {}  # (model, version) -> Future of its spec
+        self._fetcher = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="spec")
         self.windows: dict[tuple[str, str], Window] = {}  # (model, role)
         self.results: dict[tuple[str, str, str], DriftResult] = {}  # (model, role, reference)
         self._lock = threading.Lock()
@@ -627,11 +633,33 @@ class DriftService:
             logger.exception("recording %d predictions in the outcome ledger failed", len(predicted))
 
     def _entity_key(self, model: str, version: str) -> str | None:
-        """The spec's entity key column, to record with each row (None if the spec cannot be read now)."""
+        """The spec's entity key column, to record with each row. The spec is fetched in the background:
+        the first event of a version waits for it at most SPEC_WAIT_SECONDS, later ones never, so a slow or
+        dead registry never holds ingestion up (rows recorded meanwhile have no entity key; a failed fetch
+        is tried again after SPEC_RETRY_SECONDS)."""
+        spec = self.references.cached_spec(model, version)
+        if spec is not None:
+            return spec.entity.key
+        key = (model, version)
+        with self._lock:
+            future = self._spec_fetches.get(key)
+            first = future is None
+            if first:
+                if time.monotonic() < self._spec_retry.get(key, 0.0):
+                    return None
+                future = self._spec_fetches[key] = self._fetcher.submit(self.references.spec, model, version)
         try:
-            return self.references.spec(model, version).entity.key
+            return future.result(timeout=SPEC_WAIT_SECONDS if first else 0).entity.key
+        except concurrent.futures.TimeoutError:
+            return None
         except Exception as exc:  # the registry is down: the row is still recorded, without its entity
-            logger.warning("no entity key for %s v%s: %s", model, version, exc)
+            with self._lock:
+                if self._spec_fetches.get(key) is future:
+                    del self._spec_fetches[key]
+                    self._spec_retry[key] = time.monotonic() + SPEC_RETRY_SECONDS
+                    logger.warning(
+                        "no entity key for %s v%s (asked again in %d s): %s", model, version, SPEC_RETRY_SECONDS, exc
+                    )
             return None
 
     def _counted(self, take) -> int:

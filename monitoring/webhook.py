@@ -128,11 +128,21 @@ class LocalRetrainer:
         self.home = home  # the run deploys to the plane serving this home, if one is up
         self.tracking_uri = tracking_uri
 
-    def __call__(self, model: str, reason: str) -> str:
+    def command(self, model: str) -> list[str]:
+        """`shepherd run` of the champion's stored spec, on this home and registry."""
         spec_path = _champion_spec(self.tracking_uri, model, self.home / "retrain")
-        log = self.home / "retrain" / f"{model}-{int(time.time())}.log"
         command = [sys.executable, "-m", "pipelines.cli", "run", "--spec", str(spec_path), "--home", str(self.home)]
-        command += ["--tracking-uri", self.tracking_uri]
+        return [*command, "--tracking-uri", self.tracking_uri]
+
+    def foreground(self, model: str) -> int:
+        """Run it here, its progress on this terminal; returns its exit code."""
+        command = self.command(model)
+        env = {**os.environ, "MLFLOW_TRACKING_URI": self.tracking_uri}
+        return subprocess.run(command, cwd=REPO_ROOT, env=env, check=False).returncode
+
+    def __call__(self, model: str, reason: str) -> str:
+        command = self.command(model)
+        log = self.home / "retrain" / f"{model}-{int(time.time())}.log"
         with open(log, "w") as handle:
             handle.write(f"# retraining {model}: {reason}\n")
         process = subprocess.Popen(

@@ -29,6 +29,7 @@ class TrafficReport:
     by_revision: Counter = field(default_factory=Counter)
     by_status: Counter = field(default_factory=Counter)
     positive: int = 0
+    answered: list[tuple[str, int]] = field(default_factory=list)  # (prediction id, index into the rows sent)
 
 
 def send(url: str, spec: ModelSpec, rows: list[dict], requests: int, batch: int = 1) -> TrafficReport:
@@ -44,5 +45,7 @@ def send(url: str, spec: ModelSpec, rows: list[dict], requests: int, batch: int 
             report.by_status[response.status_code] += 1
             report.by_revision[response.headers.get("x-shepherd-revision", "?")] += 1
             if response.status_code == 200:
-                report.positive += sum(p["label"] == spec.target.positive for p in response.json()["predictions"])
+                predictions = response.json()["predictions"]
+                report.positive += sum(p["label"] == spec.target.positive for p in predictions)
+                report.answered += [(p["id"], (start + j) % len(rows)) for j, p in enumerate(predictions)]
     return report

@@ -275,6 +275,9 @@ def quality_status(model: ModelArgument, url: QualityUrlOption = None, home: Hom
 def quality_check(
     model: ModelArgument,
     retrain: Annotated[bool, typer.Option(help="Start a retraining run when the champion breaks a bound.")] = True,
+    wait: Annotated[
+        bool, typer.Option(help="Run the retraining here and wait for it (its progress on this terminal).")
+    ] = False,
     home: HomeOption = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI [env: MLFLOW_TRACKING_URI].")] = None,
     url: QualityUrlOption = None,
@@ -314,7 +317,16 @@ def quality_check(
     if not retrain:
         console.print(f"[yellow]{reason}[/]: a retraining run would start (--no-retrain given)")
         return
-    started = LocalRetrainer(settings.home, settings.tracking_uri)(model, reason)
+    retrainer = LocalRetrainer(settings.home, settings.tracking_uri)
+    if wait:
+        with contextlib.suppress(NoBackend):
+            record_retraining(serving_backend(None, settings), "models", model, f"{reason}; run in the foreground")
+        console.print(f"[yellow]{reason}[/]: retraining on the source and the labelled production rows…")
+        code = retrainer.foreground(model)
+        if code != 0:
+            raise typer.Exit(code)
+        return
+    started = retrainer(model, reason)
     with contextlib.suppress(NoBackend):  # with --url and no local plane there is no object to note it on
         record_retraining(serving_backend(None, settings), "models", model, f"{reason}; {started}")
     console.print(f"[yellow]{reason}[/]: retraining started ({started})")

@@ -3,6 +3,7 @@ this machine)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -50,13 +51,24 @@ def traffic(
         str | None,
         typer.Option(help="Only customers matching this pandas query, e.g. \"contract == 'Month-to-month'\"."),
     ] = None,
+    held_out: Annotated[
+        bool, typer.Option(help="Only rows the spec's holdout keeps out of training (no model learned from them).")
+    ] = False,
+    labels_out: Annotated[
+        Path | None,
+        typer.Option(help="Write each answered prediction's id and its real label (the source's target) as CSV."),
+    ] = None,
     spec: SpecOption = DEFAULT_SPEC,
     home: HomeOption = None,
 ) -> None:
     """Send real rows from the spec's source through the local plane and show which revision answered.
 
-    --where picks a segment (a shifted population: what drift looks like to the drift service)."""
+    --where picks a segment (a shifted population: what drift looks like to the drift service);
+    --labels-out keeps the ground truth of what was answered, for `shepherd feedback` later."""
+    import pandas as pd
+
     from components.data import load_source, split_source
+    from components.train import split
     from serving.backends import PlaneProcess
     from serving.traffic import instances, send
 
@@ -66,7 +78,11 @@ def traffic(
     if plane is None:
         console.print("no serving plane is running for this home; `shepherd up` starts one")
         raise typer.Exit(1)
-    feature_rows, _ = split_source(load_source(model_spec), model_spec)
+    feature_rows, entity_rows = split_source(load_source(model_spec), model_spec)
+    key = model_spec.entity.key
+    if held_out:
+        _, holdout = split(entity_rows.merge(feature_rows, on=[key, "event_timestamp"]), model_spec)
+        feature_rows = feature_rows[feature_rows[key].isin(holdout[key])]
     if where:
         try:
             feature_rows = feature_rows.query(where)
@@ -76,7 +92,16 @@ def traffic(
         if feature_rows.empty:
             console.print(f"[red]error:[/] --where {where!r} matches no rows")
             raise typer.Exit(2)
-    report = send(plane.url, model_spec, instances(model_spec, feature_rows.head(500)), requests, batch)
+    chosen = feature_rows.head(500)
+    report = send(plane.url, model_spec, instances(model_spec, chosen), requests, batch)
+    if labels_out is not None:
+        truth = entity_rows.set_index(key)[model_spec.target.column]
+        keys = chosen[key].to_numpy()
+        labels = pd.DataFrame(
+            {"id": [pid for pid, _ in report.answered], "label": [truth[keys[i]] for _, i in report.answered]}
+        )
+        labels.to_csv(labels_out, index=False)
+        console.print(f"wrote the real labels of {len(labels)} answered predictions to {labels_out}")
     console.print(f"{requests} requests x {batch} rows to {plane.url}/v1/models/{model_spec.name}:predict")
     table = Table()
     table.add_column("revision")

@@ -225,3 +225,20 @@ def test_killing_every_process_loses_no_acknowledged_label(plane, rows, two_vers
         timeout=30,
     )
     assert again.json() == {"accepted": 0, "duplicates": 2, "skipped": 0}
+
+
+def test_traffic_keeps_the_real_labels_of_held_out_rows_for_feedback(plane, churn_spec, churn_frame, tmp_path):
+    """The demo's path: `shepherd traffic --held-out --labels-out` sends rows no model trained on and writes the
+    source's own label for each answered prediction; `shepherd feedback` sends them back."""
+    from components.train import split
+
+    labels = tmp_path / "labels.csv"
+    sent = _cli(plane, "traffic", "-n", "3", "--batch", "2", "--held-out", "--labels-out", str(labels))
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    written = labels.read_text().splitlines()
+    assert written[0] == "id,label" and len(written) == 7
+    _, holdout = split(churn_frame, churn_spec)
+    first_rows = holdout.sort_values("customer_id").head(2)  # the held-out rows, in the source's order
+    assert [line.split(",")[1] for line in written[1:3]] == list(first_rows["churn"])
+    back = _cli(plane, "feedback", "churn", str(labels))
+    assert back.returncode == 0 and "6 label(s) recorded" in back.stdout, back.stdout + back.stderr

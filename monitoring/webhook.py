@@ -202,7 +202,9 @@ def record_retraining(backend, namespace: str, model: str, message: str) -> None
         obj = backend.get(namespace, model)
         if obj is None:
             return
-        champion = obj["metadata"].get("annotations", {}).get("shepherd.io/model-version", "?")
+        from serving.inference_service_view import InferenceServiceView
+
+        champion = InferenceServiceView(obj).champion.version  # not the object's newest version: a canary's
         backend.record_event(obj, reason="RetrainStarted", message=f"v{champion}: {message}", warning=True)
     except Exception as exc:  # the run has started; a lost event must not turn that into a failure
         logger.warning("could not record the retraining event for %s: %s", model, exc)

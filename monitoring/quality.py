@@ -29,6 +29,7 @@ import numpy as np
 # Module level: FastAPI resolves the handlers' (string) annotations in this module's globals.
 from fastapi import Request
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from sqlalchemy.exc import SQLAlchemyError
 
 from components.metrics import classification_metrics
 from components.outcomes import FeedbackRejected, OutcomeLedger, TargetValues, parse_feedback
@@ -261,6 +262,14 @@ def add_routes(app, monitor: QualityMonitor | None, token: str | None, json_resp
             {"error": "feedback: this service has no outcome ledger; start it with --feature-repo"}, status_code=503
         )
 
+    def _ledger_unavailable(exc: Exception, then: str):
+        logger.error("the outcome ledger failed: %s", exc)
+        return json_response(
+            {"error": f"the outcome ledger is unavailable ({type(exc).__name__}); {then}"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
     @app.post("/models/{model}/feedback")
     async def feedback(model: str, request: Request):
         if not feedback_allowed(token, request.headers.get("authorization")):
@@ -282,6 +291,8 @@ def add_routes(app, monitor: QualityMonitor | None, token: str | None, json_resp
             return json_response({"error": str(exc), "errors": exc.errors, "hint": exc.hint}, status_code=422)
         except LookupError as exc:  # the model or its version is not in the registry
             return json_response({"error": f"model: {exc}"}, status_code=404)
+        except SQLAlchemyError as exc:  # our database, not the client's mistake: send again later
+            return _ledger_unavailable(exc, "nothing was recorded; send the labels again")
         return json_response(
             {"accepted": receipt.accepted, "duplicates": receipt.duplicates, "skipped": len(receipt.skipped)}
         )
@@ -290,5 +301,8 @@ def add_routes(app, monitor: QualityMonitor | None, token: str | None, json_resp
     async def quality(model: str):
         if monitor is None:
             return unconfigured()
-        counts = await asyncio.to_thread(monitor.ledger.counts, model)
+        try:
+            counts = await asyncio.to_thread(monitor.ledger.counts, model)
+        except SQLAlchemyError as exc:
+            return _ledger_unavailable(exc, "try again later")
         return json_response({"model": model, **counts, "window": monitor.window, "revisions": monitor.latest(model)})

@@ -84,10 +84,20 @@ def start() -> PostgresServer:
     if result.returncode != 0:
         shutil.rmtree(root, ignore_errors=True)
         raise RuntimeError(f"initdb failed: {result.stderr[-2000:]}")
-    port = free_port()
-    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off -c max_connections=200"
-    pg_ctl = [str(bindir / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "server.log"), "-o", options]
-    server = PostgresServer(root, port, password, bindir)
+    server = PostgresServer(root, free_port(), password, bindir)
+    try:
+        resume(server)
+    except RuntimeError:
+        stop(server)
+        raise
+    return server
+
+
+def resume(server: PostgresServer) -> None:
+    """Start the server on its data directory and port (again, after `halt`)."""
+    options = f"-c listen_addresses=127.0.0.1 -p {server.port} -k {server.root} -c fsync=off -c max_connections=200"
+    data, log = str(server.root / "data"), str(server.root / "server.log")
+    pg_ctl = [str(server.bindir / "pg_ctl"), "-D", data, "-l", log, "-o", options]
     result = subprocess.run(
         _as_server_user([*pg_ctl, "-w", "-t", str(START_TIMEOUT_SECONDS), "start"]),
         capture_output=True,
@@ -96,10 +106,19 @@ def start() -> PostgresServer:
         timeout=START_TIMEOUT_SECONDS + 30,
     )
     if result.returncode != 0:
-        tail = server.log_tail()
-        stop(server)
-        raise RuntimeError(f"PostgreSQL did not start: {result.stderr[-1000:]}\n{tail}")
-    return server
+        raise RuntimeError(f"PostgreSQL did not start: {result.stderr[-1000:]}\n{server.log_tail()}")
+
+
+def halt(server: PostgresServer) -> None:
+    """Stop the server as a crash would (`-m immediate`: no shutdown checkpoint), keeping its data."""
+    subprocess.run(
+        _as_server_user(
+            [str(server.bindir / "pg_ctl"), "-D", str(server.root / "data"), "-m", "immediate", "-w", "stop"]
+        ),
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
 
 
 def stop(server: PostgresServer) -> None:

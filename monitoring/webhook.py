@@ -122,7 +122,10 @@ def parse_alerts(body: object) -> list[Alert]:
 
 
 class LocalRetrainer:
-    """A training run on this machine: `shepherd run` of the champion's stored spec, in the background."""
+    """A training run on this machine: `shepherd run` of the champion's stored spec, in the background.
+
+    One at a time per model (one storm, one run): while a run it started is alive (its pid in
+    `<home>/retrain/<model>.pid`), asking again starts nothing and says which run is going."""
 
     def __init__(self, home: Path, tracking_uri: str):
         self.home = home  # the run deploys to the plane serving this home, if one is up
@@ -134,13 +137,33 @@ class LocalRetrainer:
         command = [sys.executable, "-m", "pipelines.cli", "run", "--spec", str(spec_path), "--home", str(self.home)]
         return [*command, "--tracking-uri", self.tracking_uri]
 
+    def _pid_file(self, model: str) -> Path:
+        return self.home / "retrain" / f"{model}.pid"
+
+    def running(self, model: str) -> int | None:
+        """The pid of this model's retraining run if one is still going."""
+        try:
+            pid = int(self._pid_file(model).read_text().split()[0])
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if state not in ("Z", "X") and b"pipelines.cli" in cmdline else None
+
     def foreground(self, model: str) -> int:
-        """Run it here, its progress on this terminal; returns its exit code."""
+        """Run it here, its progress on this terminal; returns its exit code (1 if one is already going)."""
+        if (pid := self.running(model)) is not None:
+            logger.warning("a retraining run of %s is already going (pid %d): one at a time", model, pid)
+            return 1
         command = self.command(model)
         env = {**os.environ, "MLFLOW_TRACKING_URI": self.tracking_uri}
-        return subprocess.run(command, cwd=REPO_ROOT, env=env, check=False).returncode
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env)
+        self._pid_file(model).write_text(str(process.pid))
+        return process.wait()
 
     def __call__(self, model: str, reason: str) -> str:
+        if (pid := self.running(model)) is not None:
+            return f"already running: pid {pid} (one retraining run per model at a time)"
         command = self.command(model)
         log = self.home / "retrain" / f"{model}-{int(time.time())}.log"
         with open(log, "w") as handle:
@@ -153,6 +176,7 @@ class LocalRetrainer:
             start_new_session=True,
             env={**os.environ, "MLFLOW_TRACKING_URI": self.tracking_uri},
         )
+        self._pid_file(model).write_text(str(process.pid))
         return f"local run pid {process.pid}, log {log}"
 
 

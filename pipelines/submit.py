@@ -54,3 +54,52 @@ def submit_run(
     if wait:
         state = client.wait_for_run_completion(run.run_id, timeout=3600).state
     return run.run_id, state
+
+
+def schedule_run(
+    host: str,
+    model: str,
+    every_seconds: int,
+    tracking_uri: str,
+    feature_repo: str,
+    experiment: str = "shepherd",
+    service_account: str = "shepherd-pipeline-runner",
+    drift_url: str = "",
+) -> str:
+    """A KFP recurring run of the compiled pipeline with MODEL's champion spec, every `every_seconds`
+    (at most one run at a time, missed runs not made up); returns its id."""
+    import kfp
+
+    from components.spec import load_spec
+    from monitoring.webhook import _champion_spec
+
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = load_spec(_champion_spec(tracking_uri, model, Path(tmp)))
+        run_arguments = PipelineArguments(
+            spec_yaml=spec.to_yaml(),
+            tracking_uri=tracking_uri,
+            feature_repo=feature_repo,
+            serving_target="kubernetes",
+            drift_url=drift_url,
+        )
+        package = compile_pipeline(Path(tmp) / "pipeline.yaml")
+        try:
+            client = kfp.Client(host=host)
+            experiment_id = client.create_experiment(name=experiment).experiment_id
+            job = client.create_recurring_run(
+                experiment_id=experiment_id,
+                job_name=f"{model}-retraining",
+                description=f"retrain {model} every {every_seconds} s (shepherd schedule)",
+                interval_second=every_seconds,
+                max_concurrency=1,  # one storm, one run
+                no_catchup=True,
+                params=run_arguments.for_package(package),
+                pipeline_package_path=str(package),
+                service_account=service_account or None,
+            )
+        except Exception as exc:  # kfp raises urllib3/ApiException/ValueError for an unusable host
+            raise PipelineRunError(
+                f"could not schedule on the KFP server at {host}: {type(exc).__name__}: {exc}".splitlines()[0],
+                hint="check --host (the KFP API, e.g. `kubectl port-forward svc/ml-pipeline-ui 8080:80 -n kubeflow`)",
+            ) from exc
+    return job.recurring_run_id

@@ -122,6 +122,27 @@ class LocalBackend:
             raise ServingError(f"applying {meta['name']}: {response.json().get('error', response.text)}")
         return response.json()
 
+    def schedules(self) -> list[dict]:
+        """The plane's retraining schedules (serving/schedules.py)."""
+        from serving.schedules import SCHEDULES
+
+        return self._call("GET", SCHEDULES).json()["items"]
+
+    def set_schedule(self, model: str, every_seconds: int, namespace: str = "models") -> dict:
+        from serving.schedules import SCHEDULES
+
+        response = self._call("PUT", f"{SCHEDULES}/{model}", {"everySeconds": every_seconds, "namespace": namespace})
+        if response.status_code != 200:
+            raise ServingError(f"scheduling {model}: {response.json().get('error', response.text)}")
+        return response.json()
+
+    def delete_schedule(self, model: str) -> None:
+        from serving.schedules import SCHEDULES
+
+        response = self._call("DELETE", f"{SCHEDULES}/{model}")
+        if response.status_code != 200:
+            raise ServingError(f"unscheduling {model}: {response.json().get('error', response.text)}")
+
     def get(self, namespace: str, name: str) -> dict | None:
         response = self._call("GET", f"{API}/namespaces/{namespace}/inferenceservices/{name}")
         return response.json() if response.status_code == 200 else None

@@ -94,6 +94,7 @@ from serving import children, prediction_ids
 from serving.inference_service_view import InferenceServiceView
 from serving.payload_logger import DEFAULT_QUEUE_SIZE, ENV_QUEUE_SIZE, Body, PayloadLogger, inference_events
 from serving.plane_metrics import PlaneMetrics, exposition
+from serving.schedules import SCHEDULES, Schedules, describe
 from serving.upstream import Upstream, UpstreamTimeout, UpstreamUnavailable
 
 logger = logging.getLogger("shepherd.plane")
@@ -173,6 +174,8 @@ class Plane:
         self.drift_restarts = 0
         self.metrics = PlaneMetrics.create()
         self._readiness_waits: set[asyncio.Task] = set()  # restarted revisions not ready yet
+        self.schedules = Schedules(self.dir / "schedules.json")
+        self._retrain_launchers: list[subprocess.Popen] = []  # `shepherd retrain` processes, reaped each tick
 
     async def start_drift_service(self, client) -> None:
         port = free_port()
@@ -209,6 +212,7 @@ class Plane:
         while True:
             await asyncio.sleep(every_seconds)
             await self._restart_dead_revisions(client)
+            self.run_due_schedules(time.time())
             if self.drift is None or self.drift.process.poll() is None:
                 continue
             code = self.drift.process.returncode
@@ -219,6 +223,27 @@ class Plane:
                 await self.start_drift_service(client)
             except RuntimeError as exc:  # tried again at the next tick
                 logger.error("restarting the drift service failed: %s", exc)
+
+    def run_due_schedules(self, now: float) -> None:
+        """Start `shepherd retrain` for each due schedule (it starts nothing while the model's last run is
+        still going: one run at a time), and reap the launchers that finished."""
+        self._retrain_launchers = [p for p in self._retrain_launchers if p.poll() is None]
+        for schedule in self.schedules.due(now):
+            reason = f"schedule: every {describe(schedule.every_seconds)}"
+            command = [sys.executable, "-m", "pipelines.cli", "retrain", schedule.model, "--reason", reason]
+            command += ["--home", str(self.dir.parent), "--tracking-uri", self.tracking_uri]
+            command += ["--namespace", schedule.namespace]
+            logger.info("retraining %s on its schedule (every %ss)", schedule.model, schedule.every_seconds)
+            with open(self.dir / "logs" / "schedules.log", "a") as log:
+                self._retrain_launchers.append(
+                    subprocess.Popen(
+                        command,
+                        cwd=REPO_ROOT,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env={**os.environ, "SHEPHERD_FEATURE_REPO": self.feature_repo},
+                    )
+                )
 
     async def _restart_dead_revisions(self, client) -> None:
         """Start again every revision whose process exited, backing off (1, 2, 4 ... 60 s) when it keeps
@@ -818,6 +843,36 @@ def create_app(plane: Plane, payload_queue_size: int = DEFAULT_QUEUE_SIZE, token
                     labels = {"namespace": meta.get("namespace", "default"), "revision": revision.name}
                     groups.append({"targets": [f"127.0.0.1:{revision.port}"], "labels": labels})
         return groups
+
+    @app.get(SCHEDULES)
+    async def list_schedules() -> Response:
+        return JSONResponse({"items": [s.to_json() for s in plane.schedules.all()]})
+
+    @app.put(SCHEDULES + "/{name}")
+    async def set_schedule(name: str, request: Request) -> Response:
+        """Retrain `name` every `everySeconds` (the embedded counterpart of a KFP recurring run)."""
+        if (refused := _refused(request)) is not None:
+            return refused
+        try:
+            body = await request.json()
+        except ValueError as exc:
+            return JSONResponse({"error": f"body: not JSON ({exc})"}, status_code=400)
+        every = body.get("everySeconds") if isinstance(body, dict) else None
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            return JSONResponse({"error": "everySeconds: required, an integer of at least 1"}, status_code=400)
+        namespace = body.get("namespace", "models")
+        if not any(key == f"{namespace}/{name}" for key in plane.deployments):
+            return JSONResponse({"error": f"name: no InferenceService {namespace}/{name} on this plane"}, 404)
+        schedule = plane.schedules.set(name, every, time.time(), namespace)
+        return JSONResponse(schedule.to_json())
+
+    @app.delete(SCHEDULES + "/{name}")
+    async def delete_schedule(name: str, request: Request) -> Response:
+        if (refused := _refused(request)) is not None:
+            return refused
+        if not plane.schedules.delete(name):
+            return JSONResponse({"error": f"name: no schedule for {name!r}"}, status_code=404)
+        return JSONResponse({"deleted": name})
 
     @app.get("/healthz")
     async def healthz() -> dict:

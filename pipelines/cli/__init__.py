@@ -13,7 +13,7 @@ from __future__ import annotations
 
 # isort: off
 # Imported for their commands, in the order `shepherd --help` lists them.
-from pipelines.cli import runs, plane, history, rollout, drift, feedback  # noqa: F401
+from pipelines.cli import runs, plane, history, rollout, drift, feedback, schedule  # noqa: F401
 
 # isort: on
 from pipelines.cli.common import app

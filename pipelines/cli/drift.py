@@ -100,7 +100,8 @@ def drift_check(
     started = LocalRetrainer(settings.home, settings.tracking_uri)(model, reason)
     with contextlib.suppress(NoBackend):  # with --drift-url and no local plane there is no object to note it on
         record_retraining(serving_backend(None, settings), "models", model, f"{reason}; {started}")
-    console.print(f"[yellow]drift[/]: retraining started ({started})")
+    verb = "not started, one is going" if started.startswith("already running") else "started"
+    console.print(f"[yellow]drift[/]: retraining {verb} ({started})")
 
 
 @drift_app.command("report")

@@ -329,7 +329,8 @@ def quality_check(
     started = retrainer(model, reason)
     with contextlib.suppress(NoBackend):  # with --url and no local plane there is no object to note it on
         record_retraining(serving_backend(None, settings), "models", model, f"{reason}; {started}")
-    console.print(f"[yellow]{reason}[/]: retraining started ({started})")
+    verb = "not started, one is going" if started.startswith("already running") else "started"
+    console.print(f"[yellow]{reason}[/]: retraining {verb} ({started})")
 
 
 def _broken(revision: dict) -> list[str]:

@@ -38,7 +38,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-from components.errors import ShepherdError
+from components.errors import RegistryError, ShepherdError
 from components.run_arguments import IMAGE_FEATURE_REPO, PipelineArguments
 from monitoring.metrics import ALERT_ACTION_LABEL
 
@@ -62,8 +62,11 @@ class BodyTooLarge(BadPayload):
     """The body is over MAX_BODY_BYTES: answered with a 413 before it is read in full."""
 
 
-class UnknownModel(LookupError):
-    """The alert names a model with no @champion in the registry: nothing to retrain from."""
+class UnknownModel(RegistryError, LookupError):
+    """The alert (or `shepherd retrain`, a schedule) names a model with no @champion in the registry:
+    nothing to retrain from."""
+
+    hint = "train one first: shepherd run --spec <its spec>"
 
 
 async def read_capped(request, limit: int = MAX_BODY_BYTES) -> bytes:

@@ -76,6 +76,29 @@ def test_submit_to_an_unreachable_server(tmp_path):
     assert "could not submit to the KFP server at http://127.0.0.1:9" in result.output
 
 
+def test_retraining_a_model_without_a_champion_says_how_to_get_one(tmp_path):
+    for args in (("retrain", "churn"), ("schedule", "set", "churn", "--every", "1h", "--host", "http://127.0.0.1:9")):
+        result = _invoke(*args, "--home", str(tmp_path))
+        assert result.exit_code == 5, result.output
+        assert "model 'churn' has no @champion to retrain from" in result.output and "shepherd run" in result.output
+
+
+def test_schedule_on_an_unreachable_kfp_server(registered_churn):
+    result = _invoke(
+        "schedule",
+        "set",
+        "churn",
+        "--every",
+        "1d",
+        "--host",
+        "http://127.0.0.1:9",
+        "--tracking-uri",
+        registered_churn["tracking_uri"],
+    )
+    assert result.exit_code == 6
+    assert "could not schedule on the KFP server at http://127.0.0.1:9" in result.output
+
+
 def test_compile_writes_the_pipeline(tmp_path):
     out = tmp_path / "p.yaml"
     result = _invoke("compile", "--output", str(out))

@@ -424,51 +424,50 @@ class OutcomeLedger:
 
     # -- reading --------------------------------------------------------------------------------
     def labelled(
-        self, model: str, *, since: float | None = None, versions: Iterable[str] | None = None
+        self,
+        model: str,
+        *,
+        since: float | None = None,
+        versions: Iterable[str] | None = None,
+        role: str | None = None,
+        latest: int | None = None,
+        features: bool = True,
     ) -> pd.DataFrame:
         """Labelled predictions of `model` (oldest first): id, version, role, predicted_at, score, entity_key,
-        features (a dict), label (the target's value), labelled_at. `since` bounds the prediction time."""
+        features (a dict; left out with `features=False`), label (the target's value), labelled_at. `since`
+        bounds the prediction time; `latest` keeps only the newest N (the database cuts them, so a quality
+        window costs the same however many labels the ledger holds)."""
         import pandas as pd
         from sqlalchemy import select
 
         p, lab = self.predictions, self.labels
+        columns = [p.c.id, p.c.version, p.c.role, p.c.predicted_at, p.c.score, p.c.entity_key]
+        columns += [p.c.features] if features else []
         query = (
-            select(
-                p.c.id,
-                p.c.version,
-                p.c.role,
-                p.c.predicted_at,
-                p.c.score,
-                p.c.entity_key,
-                p.c.features,
-                lab.c.label,
-                lab.c.labelled_at,
-            )
+            select(*columns, lab.c.label, lab.c.labelled_at)
             .join(lab, (lab.c.model == p.c.model) & (lab.c.prediction_id == p.c.id))
             .where(p.c.model == model)
-            .order_by(p.c.predicted_at, p.c.id)
         )
         if since is not None:
             query = query.where(p.c.predicted_at >= since)
         if versions is not None:
             query = query.where(p.c.version.in_(list(versions)))
+        if role is not None:
+            query = query.where(p.c.role == role)
+        if latest is not None:
+            query = query.order_by(p.c.predicted_at.desc(), p.c.id.desc()).limit(latest)
+        else:
+            query = query.order_by(p.c.predicted_at, p.c.id)
         with self.engine.connect() as connection:
             frame = pd.DataFrame(connection.execute(query).mappings().all())
+        names = ["id", "version", "role", "predicted_at", "score", "entity_key"]
+        names += ["features"] if features else []
         if frame.empty:
-            return pd.DataFrame(
-                columns=[
-                    "id",
-                    "version",
-                    "role",
-                    "predicted_at",
-                    "score",
-                    "entity_key",
-                    "features",
-                    "label",
-                    "labelled_at",
-                ]
-            )
-        frame["features"] = frame["features"].map(json.loads)
+            return pd.DataFrame(columns=[*names, "label", "labelled_at"])
+        if latest is not None:
+            frame = frame.iloc[::-1].reset_index(drop=True)
+        if features:
+            frame["features"] = frame["features"].map(json.loads)
         return frame
 
     def serving_versions(self, model: str) -> dict[str, str]:

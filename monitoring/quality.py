@@ -176,12 +176,20 @@ class QualityMonitor:
         version has no labels yet has no series."""
         now = time.time() if now is None else now
         serving = self.ledger.serving_versions(model)
-        joined = self.ledger.labelled(model, since=now - self.max_age_seconds, versions=set(serving.values()))
         found: list[RevisionQuality] = []
         for role in ("champion", "canary"):
             version = serving.get(role)
-            rows = joined[(joined["role"] == role) & (joined["version"] == version)].tail(self.window)
-            if version is None or rows.empty:
+            rows = None
+            if version is not None:
+                rows = self.ledger.labelled(
+                    model,
+                    since=now - self.max_age_seconds,
+                    versions=[version],
+                    role=role,
+                    latest=self.window,
+                    features=False,
+                )
+            if rows is None or rows.empty:
                 self._drop(model, role)
                 continue
             facts = self.spec_of(model, version)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from components.model_input import columns_of, feature_frame, onnx_feeds, onnx_input_types
 from components.spec import ModelSpec
-from components.train import feature_frame
 
 # float32 inputs in the graph: probabilities agree with float64 scikit-learn to ~1e-7 here.
 PARITY_TOLERANCE = 1e-5
@@ -32,26 +32,14 @@ class OnnxExport:
 
 
 def onnx_inputs(spec: ModelSpec, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Feed dict for the exported graph: one [n, 1] column per feature (float32 or string)."""
-    columns = feature_frame(frame, spec)
-    return {
-        f.name: (
-            columns[f.name].to_numpy(dtype=object).reshape(-1, 1)
-            if f.type == "category"
-            else columns[f.name].to_numpy(dtype=np.float32).reshape(-1, 1)
-        )
-        for f in spec.features
-    }
+    """A table -> the graph's feeds, through the encoder the predictor uses on a request's columns."""
+    return onnx_feeds(spec, columns_of(frame, spec))
 
 
 def _convert(pipeline, spec: ModelSpec) -> bytes:
     from skl2onnx import convert_sklearn
-    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
 
-    types = [
-        (f.name, StringTensorType([None, 1]) if f.type == "category" else FloatTensorType([None, 1]))
-        for f in spec.features
-    ]
+    types = onnx_input_types(spec)
     estimator = pipeline.steps[-1][1]
     graph = convert_sklearn(
         pipeline, initial_types=types, options={id(estimator): {"zipmap": False}}, target_opset=TARGET_OPSET

@@ -25,9 +25,9 @@ from components.adapter import step
 from components.data import holdout_mask, labels, recent_holdout_mask
 from components.errors import SpecError
 from components.metrics import classification_metrics
+from components.model_input import feature_frame
 from components.spec import EVENT_TIMESTAMP, ModelSpec
 
-MISSING_CATEGORY = ""
 SCALE_SENSITIVE = frozenset({"logistic_regression"})
 
 ESTIMATORS = {
@@ -87,18 +87,6 @@ def _estimator(spec: ModelSpec):
             f"training.params {sorted(spec.training.params)} do not fit {spec.training.algorithm}: {exc}; "
             f"allowed: {allowed}"
         ) from exc
-
-
-def feature_frame(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
-    """The model's input columns, in spec order: numbers as float (NaN for missing), categories as
-    strings (MISSING_CATEGORY for missing)."""
-    out = frame[spec.feature_names].copy()
-    for f in spec.features:
-        if f.type == "category":
-            out[f.name] = out[f.name].where(out[f.name].notna(), MISSING_CATEGORY).astype(str)
-        else:
-            out[f.name] = out[f.name].astype(float)
-    return out
 
 
 def split(frame: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -22,7 +22,6 @@ from operator import itemgetter
 import numpy as np
 
 from components.spec import ModelSpec
-from components.train import MISSING_CATEGORY
 
 MAX_BATCH = 10_000
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # larger magnitudes become infinity in the model's float32 input
@@ -284,17 +283,3 @@ def _decoded(value: bytes, where: str) -> str:
         return value.decode()
     except UnicodeDecodeError:
         raise PayloadError(f"{where}: BYTES element is not UTF-8 text") from None
-
-
-def to_model_inputs(spec: ModelSpec, columns: dict[str, list]) -> dict[str, np.ndarray]:
-    """Validated columns -> the ONNX graph's feeds ([n, 1] float32 or string)."""
-    feeds = {}
-    for f in spec.features:
-        values = columns[f.name]
-        if f.type == "category":
-            if None in values:
-                values = [MISSING_CATEGORY if v is None else v for v in values]
-            feeds[f.name] = np.array(values, dtype=object).reshape(-1, 1)
-        else:
-            feeds[f.name] = np.array(values, dtype=np.float32).reshape(-1, 1)  # None becomes NaN
-    return feeds

@@ -27,10 +27,11 @@ import yaml
 
 from components import registry
 from components.errors import RegistryError, ShepherdError
+from components.model_input import onnx_feeds
 from components.spec import ModelSpec, parse_spec
 from monitoring.metrics import OUTCOMES, ROLES, PredictorMetrics
 from serving import prediction_ids
-from serving.payload import PayloadError, PayloadParser, to_model_inputs
+from serving.payload import PayloadError, PayloadParser
 
 logger = logging.getLogger("shepherd.predictor")
 QUIET_LOGGING = Path(__file__).with_name("quiet_logging.yaml")
@@ -184,7 +185,7 @@ def make_model(name: str, loaded: LoadedVersion, role: str, metrics: PredictorMe
             # canary's first interval would otherwise fail its latency gate on that alone.
             row = {f.name: [f.categories[0] if f.categories else (f.min or 0.0)] for f in spec.features}
             for _ in range(WARMUP_CALLS):
-                loaded.score(to_model_inputs(spec, row))
+                loaded.score(onnx_feeds(spec, row))
             self.ready = True
             return self.ready
 
@@ -226,7 +227,7 @@ def make_model(name: str, loaded: LoadedVersion, role: str, metrics: PredictorMe
         def predict(self, parsed, headers=None, response_headers=None):
             protocol, (response_id, request_id), columns, started, wanted = parsed
             fault.strike("predict")
-            proba = loaded.score(to_model_inputs(spec, columns))
+            proba = loaded.score(onnx_feeds(spec, columns))
             probabilities = proba.tolist()  # Python floats: cheaper to compare and serialise than numpy scalars
             n = len(probabilities)
             rows_total.inc(n)

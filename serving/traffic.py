@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from components.model_input import feature_frame
 from components.spec import ModelSpec
-from components.train import feature_frame
 
 
 def instances(spec: ModelSpec, frame: pd.DataFrame) -> list[dict]:

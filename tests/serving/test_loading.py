@@ -12,9 +12,10 @@ from sklearn.preprocessing import FunctionTransformer
 
 from components import features, registry, train
 from components.errors import RegistryError
+from components.model_input import onnx_feeds
 from components.onnx_export import export, onnx_inputs
 from pipelines.direct import train_and_register
-from serving.payload import PayloadError, PayloadParser, to_model_inputs
+from serving.payload import PayloadError, PayloadParser
 from serving.predictor import ModelIntegrityError, feast_lookup, load_version, main, parse_model_uri
 
 
@@ -90,7 +91,7 @@ def test_entity_key_is_enriched_from_the_online_store(tmp_path, churn_spec, chur
     expected = churn_frame.set_index("customer_id").loc[[3, 5]]
     assert columns["contract"] == list(expected["contract"])
     assert columns["tenure"] == list(expected["tenure"])
-    feeds = to_model_inputs(churn_spec, columns)
+    feeds = onnx_feeds(churn_spec, columns)
     assert feeds["tenure"].dtype == np.float32 and feeds["tenure"].shape == (2, 1)
     with pytest.raises(PayloadError, match=r"instances\[0\].customer_id: 999999 has no features"):
         parser.from_v1({"instances": [{"customer_id": 999999}]})

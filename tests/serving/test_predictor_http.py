@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from components import train
+from components import model_input, train
 from components.spec import parse_spec
 from pipelines.direct import train_and_register
 from tests.conftest import CHURN_SPEC
@@ -34,7 +34,7 @@ def server(registered_churn, tmp_path_factory):
 @pytest.fixture(scope="module")
 def rows(churn_frame, churn_spec):
     """Real customers as JSON-ready dicts (NaN total_charges as null, like a client would send)."""
-    frame = train.feature_frame(churn_frame.head(ROWS), churn_spec)
+    frame = model_input.feature_frame(churn_frame.head(ROWS), churn_spec)
     return [
         {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
         for row in json.loads(frame.to_json(orient="records"))
@@ -420,7 +420,7 @@ def test_labels_follow_the_specs_decision_threshold(low_threshold, churn_frame):
     low, high = proba < THRESHOLD - 0.02, proba > 0.52
     picked = np.concatenate([np.flatnonzero(m)[:4] for m in (between, low, high)])
     assert between.sum() >= 1 and low.sum() >= 1 and high.sum() >= 1
-    instances = json.loads(train.feature_frame(frame.iloc[picked], spec).to_json(orient="records"))
+    instances = json.loads(model_input.feature_frame(frame.iloc[picked], spec).to_json(orient="records"))
     response = client.post("/v1/models/churn:predict", json={"instances": instances})
     assert response.status_code == 200, response.text
     labels = [p["label"] for p in response.json()["predictions"]]

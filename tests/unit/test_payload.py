@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kserve.protocol.infer_type import InferInput
 
-from components.train import MISSING_CATEGORY
-from serving.payload import FLOAT32_MAX, PayloadError, PayloadParser, to_model_inputs
+from components.model_input import MISSING_CATEGORY, onnx_feeds
+from serving.payload import FLOAT32_MAX, PayloadError, PayloadParser
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_model_inputs_turn_missing_values_into_nan_and_the_missing_category(chur
     columns = {f.name: [f.categories[0] if f.categories else 1] * 2 for f in churn_spec.features}
     columns["total_charges"] = [None, 12.5]
     columns["contract"] = [None, "Two year"]
-    feeds = to_model_inputs(churn_spec, columns)
+    feeds = onnx_feeds(churn_spec, columns)
     assert feeds["total_charges"].dtype == np.float32 and feeds["total_charges"].shape == (2, 1)
     assert math.isnan(feeds["total_charges"][0, 0]) and feeds["total_charges"][1, 0] == 12.5
     assert feeds["contract"][:, 0].tolist() == [MISSING_CATEGORY, "Two year"]
@@ -80,7 +80,7 @@ def test_every_column_the_fast_path_accepts_converts_to_finite_float32(parser, c
         finite_in_range = all(not (isinstance(v, float) and math.isnan(v)) and abs(v) <= FLOAT32_MAX for v in values)
         if finite_in_range:
             columns = parser.from_v1({"instances": rows})
-            assert np.isfinite(to_model_inputs(churn_spec, columns)["monthly_charges"]).all()
+            assert np.isfinite(onnx_feeds(churn_spec, columns)["monthly_charges"]).all()
         else:
             with pytest.raises(PayloadError, match=r"^instances\[\d\]\.monthly_charges: "):
                 parser.from_v1({"instances": rows})

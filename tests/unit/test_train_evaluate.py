@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse
 import yaml
 
-from components import evaluate, onnx_export, registry, train
+from components import evaluate, model_input, onnx_export, registry, train
 from components.errors import SpecError
 from components.metrics import classification_metrics, expected_calibration_error
 from components.spec import parse_spec
@@ -65,7 +65,7 @@ def test_the_wide_category_would_make_a_sparse_matrix(churn_spec, churn_frame):
     """The fixture really hits the case: for a sparse-capable estimator the preprocessing output is sparse."""
     spec, frame = _wide_category(churn_spec, churn_frame, "logistic_regression")
     pipeline = train.build_pipeline(spec)
-    assert scipy.sparse.issparse(pipeline[0].fit_transform(train.feature_frame(frame, spec)))
+    assert scipy.sparse.issparse(pipeline[0].fit_transform(model_input.feature_frame(frame, spec)))
 
 
 @pytest.mark.parametrize("algorithm", sorted(train.ESTIMATORS))

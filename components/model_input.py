@@ -9,6 +9,8 @@ the model served is fed exactly what the model trained was:
   payload parser produces from a request.
 - `onnx_feeds`: columns -> the ONNX graph's feeds ([n, 1] float32 or string tensors); the one encoder
   the parity check and the predictor share.
+- `frame_of`: columns -> the scikit-learn pipeline's input, as `feature_frame` makes it from a table
+  (float64, as the pipeline was fitted: serving a pipeline must not round its inputs to float32).
 - `onnx_input_types`: the graph's declared inputs, one per feature, for the converter.
 
 Light on imports on purpose (numpy and pandas only): the predictor imports it and must start fast.
@@ -66,6 +68,14 @@ def onnx_feeds(spec: ModelSpec, columns: Mapping[str, Sequence]) -> dict[str, np
         else:
             feeds[f.name] = np.array(values, dtype=np.float32).reshape(-1, 1)
     return feeds
+
+
+def frame_of(spec: ModelSpec, columns: Mapping[str, Sequence]) -> pd.DataFrame:
+    """Columns (None for missing) -> the scikit-learn pipeline's input frame, encoded as `feature_frame`
+    encodes a table."""
+    import pandas as pd
+
+    return feature_frame(pd.DataFrame({f.name: list(columns[f.name]) for f in spec.features}), spec)
 
 
 def onnx_input_types(spec: ModelSpec) -> list[tuple[str, object]]:

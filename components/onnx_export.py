@@ -19,6 +19,8 @@ from components.spec import ModelSpec
 # float32 inputs in the graph: probabilities agree with float64 scikit-learn to ~1e-7 here.
 PARITY_TOLERANCE = 1e-5
 TARGET_OPSET = 17
+# onnxmltools' tree converters write ai.onnx.ml operators up to version 3 (skl2onnx's default is newer).
+THIRD_PARTY_OPSET = {"": TARGET_OPSET, "ai.onnx.ml": 3}
 PROBABILITIES_OUTPUT = "probabilities"
 
 
@@ -36,13 +38,43 @@ def onnx_inputs(spec: ModelSpec, frame: pd.DataFrame) -> dict[str, np.ndarray]:
     return onnx_feeds(spec, columns_of(frame, spec))
 
 
+def _register_converter(estimator) -> bool:
+    """skl2onnx converts scikit-learn's own estimators; XGBoost's and LightGBM's classifiers convert
+    through onnxmltools' converters, registered here (skl2onnx's documented way to convert a pipeline
+    that ends in one); True when one was. Any other estimator gets no converter: the export fails and
+    says why."""
+    package = type(estimator).__module__.split(".")[0]
+    if package not in ("xgboost", "lightgbm"):
+        return False
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.shape_calculator import calculate_linear_classifier_output_shapes
+
+    if package == "xgboost":
+        from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost as convert
+        from xgboost import XGBClassifier as known
+    else:
+        from lightgbm import LGBMClassifier as known
+        from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm as convert
+    if isinstance(estimator, known):
+        update_registered_converter(
+            known,
+            f"{package}{known.__name__}",
+            calculate_linear_classifier_output_shapes,
+            convert,
+            options={"nocl": [True, False], "zipmap": [True, False, "columns"]},
+        )
+        return True
+    return False
+
+
 def _convert(pipeline, spec: ModelSpec) -> bytes:
     from skl2onnx import convert_sklearn
 
     types = onnx_input_types(spec)
     estimator = pipeline.steps[-1][1]
+    opset = THIRD_PARTY_OPSET if _register_converter(estimator) else TARGET_OPSET
     graph = convert_sklearn(
-        pipeline, initial_types=types, options={id(estimator): {"zipmap": False}}, target_opset=TARGET_OPSET
+        pipeline, initial_types=types, options={id(estimator): {"zipmap": False}}, target_opset=opset
     )
     return graph.SerializeToString()
 

@@ -46,7 +46,7 @@ def model_card(spec: ModelSpec, version: str, alias: str, verdict: Verdict, tags
 {spec.description}
 
 - **Verdict**: {"promoted" if verdict.promote else "rejected"}{f" (alias `{alias}`)" if alias else ""}
-- **Algorithm**: {spec.training.algorithm} with {json.dumps(spec.training.params)}
+- **Algorithm**: {spec.training.estimator_name} with {json.dumps(spec.training.params)}
 - **Target**: `{spec.target.column}` (positive: `{spec.target.positive}`)
 - **Features**: {features}
 

@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from components.errors import SpecError
 
@@ -106,10 +115,20 @@ class Validation(_Strict):
     max_rows: int | None = Field(None, ge=1)
 
 
-class Training(_Strict):
-    """How the model is trained: algorithm, its parameters, the holdout and the seed."""
+IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+BUILT_IN_ALGORITHMS = ("logistic_regression", "hist_gradient_boosting", "random_forest")
 
-    algorithm: Literal["logistic_regression", "hist_gradient_boosting", "random_forest"]
+
+class Training(_Strict):
+    """How the model is trained: a built-in algorithm or the ML engineer's own estimator, its parameters,
+    the holdout and the seed."""
+
+    algorithm: Literal["logistic_regression", "hist_gradient_boosting", "random_forest"] | None = None
+    estimator: str | None = Field(
+        None,
+        description='your own estimator, "package.module:Class": any scikit-learn-compatible classifier with '
+        "predict_proba (e.g. xgboost:XGBClassifier, lightgbm:LGBMClassifier), importable where the pipeline runs",
+    )
     params: dict[str, Any] = Field(default_factory=dict)
     holdout_fraction: float = Field(0.2, ge=0.05, le=0.5)
     holdout_by: Literal["time", "entity"] = Field(
@@ -119,6 +138,38 @@ class Training(_Strict):
         "entity-key hash alone",
     )
     seed: int = 42
+
+    @model_validator(mode="after")
+    def _one_estimator(self) -> Training:
+        if (self.algorithm is None) == (self.estimator is None):
+            raise ValueError(
+                f"give either algorithm (one of {list(BUILT_IN_ALGORITHMS)}) or estimator "
+                '("package.module:Class", e.g. "xgboost:XGBClassifier"), '
+                + ("not both" if self.algorithm else "none is given")
+            )
+        return self
+
+    @field_validator("estimator")
+    @classmethod
+    def _import_path(cls, value: str | None) -> str | None:
+        if value is not None and not IMPORT_PATH.match(value):
+            raise ValueError(f'expected "package.module:Class" (e.g. "xgboost:XGBClassifier"), got {value!r}')
+        return value
+
+    @model_serializer(mode="wrap")
+    def _without_the_unused_choice(self, handler):
+        # The one of algorithm/estimator not given is left out: a spec that names an algorithm dumps (and
+        # fingerprints) as it did before estimators existed, so existing versions keep their fingerprints.
+        dumped = handler(self)
+        for choice in ("algorithm", "estimator"):
+            if dumped.get(choice, "") is None:
+                del dumped[choice]
+        return dumped
+
+    @property
+    def estimator_name(self) -> str:
+        """What trains the model, for people: the built-in algorithm's name or the estimator's import path."""
+        return self.algorithm or self.estimator
 
 
 class Fairness(_Strict):

@@ -4,6 +4,7 @@
 is what lets `shepherd reproduce` retrain a version and get the recorded metrics back.
 """
 
+import importlib
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 from kfp import dsl
+from sklearn.base import is_classifier
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.impute import SimpleImputer
@@ -45,7 +47,7 @@ def build_pipeline(spec: ModelSpec) -> Pipeline:
     which e.g. HistGradientBoostingClassifier refuses. A dense one-hot block keeps it dense.
     """
     estimator = _estimator(spec)
-    dense = not get_tags(estimator).input_tags.sparse
+    dense = not _accepts_sparse(estimator)
     numeric = [f.name for f in spec.features if f.type != "category"]
     categorical = [f for f in spec.features if f.type == "category"]
     numeric_steps = [("impute", SimpleImputer(strategy="median"))]
@@ -73,20 +75,58 @@ def build_pipeline(spec: ModelSpec) -> Pipeline:
     return Pipeline([("preprocess", preprocess), ("model", estimator)])
 
 
+def estimator_class(spec: ModelSpec) -> type:
+    """The class the spec names: a built-in algorithm, or `training.estimator` imported ("module:Class")."""
+    if spec.training.algorithm is not None:
+        return ESTIMATORS[spec.training.algorithm]
+    module_name, _, class_name = spec.training.estimator.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SpecError(
+            f"training.estimator: cannot import {module_name!r} ({exc}); install the package where the pipeline "
+            "runs (the venv, or the image the steps run in) or fix the module path"
+        ) from exc
+    found = getattr(module, class_name, None)
+    if not isinstance(found, type):
+        raise SpecError(f"training.estimator: module {module_name!r} has no class {class_name!r}")
+    return found
+
+
 def _estimator(spec: ModelSpec):
-    """The spec's estimator with its params (and the spec's seed, where the estimator takes one)."""
-    estimator_cls = ESTIMATORS[spec.training.algorithm]
+    """The spec's estimator with its params (and the spec's seed, where the estimator takes one); an own
+    estimator must be a scikit-learn-compatible classifier with predict_proba."""
+    estimator_cls = estimator_class(spec)
+    name = spec.training.estimator_name
     params = dict(spec.training.params)
-    if "random_state" in estimator_cls().get_params():
+    try:
+        defaults = estimator_cls().get_params()
+    except Exception as exc:  # an own class: anything may go wrong in its constructor
+        raise SpecError(
+            f"training.estimator: {name} is not a scikit-learn-compatible estimator (no get_params: "
+            f"{type(exc).__name__}: {exc})"
+        ) from exc
+    if "random_state" in defaults:
         params.setdefault("random_state", spec.training.seed)
     try:
-        return estimator_cls(**params)
+        estimator = estimator_cls(**params)
     except TypeError as exc:
-        allowed = sorted(estimator_cls().get_params())
         raise SpecError(
-            f"training.params {sorted(spec.training.params)} do not fit {spec.training.algorithm}: {exc}; "
-            f"allowed: {allowed}"
+            f"training.params {sorted(spec.training.params)} do not fit {name}: {exc}; allowed: {sorted(defaults)}"
         ) from exc
+    if not (is_classifier(estimator) and callable(getattr(estimator, "predict_proba", None))):
+        raise SpecError(
+            f"training.estimator: {name} is not a classifier with predict_proba; a binary task needs "
+            "class probabilities (a scikit-learn classifier, e.g. xgboost:XGBClassifier)"
+        )
+    return estimator
+
+
+def _accepts_sparse(estimator) -> bool:
+    try:
+        return get_tags(estimator).input_tags.sparse
+    except Exception:  # an estimator without scikit-learn's tags: give it dense input
+        return False
 
 
 def split(frame: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -118,7 +158,14 @@ def fit(frame: pd.DataFrame, spec: ModelSpec) -> TrainedModel:
     """Fit on the training side of the split and score the holdout."""
     train, holdout = split(frame, spec)
     pipeline = build_pipeline(spec)
-    pipeline.fit(feature_frame(train, spec), labels(train, spec))
+    try:
+        pipeline.fit(feature_frame(train, spec), labels(train, spec))
+    except (TypeError, ValueError) as exc:
+        # The rows passed validation; what an estimator refuses here is almost always a parameter value.
+        raise SpecError(
+            f"training.params: {spec.training.estimator_name} failed to fit with {spec.training.params} "
+            f"({type(exc).__name__}: {str(exc)[:300]})"
+        ) from exc
     proba = predict_positive(pipeline, holdout, spec)
     metrics = classification_metrics(labels(holdout, spec), proba, spec.evaluation.decision_threshold)
     return TrainedModel(pipeline, metrics, len(train), holdout)
@@ -155,7 +202,7 @@ def train_and_log(spec: ModelSpec, training_set_path: Path, tracking_uri: str, l
     with mlflow.start_run(experiment_id=experiment, tags=lineage) as run:
         mlflow.log_params(
             {
-                "algorithm": spec.training.algorithm,
+                "algorithm": spec.training.estimator_name,
                 "seed": spec.training.seed,
                 "holdout_fraction": spec.training.holdout_fraction,
                 "train_rows": trained.train_rows,
@@ -228,7 +275,7 @@ def train_op(
         registry.TAG_CODE_VERSION: training_set.metadata["code_version"],
         registry.TAG_PIPELINE_RUN: pipeline_run_id,
     }
-    say(f"train: fitting {spec.training.algorithm} on {int(training_set.metadata['rows'])} rows")
+    say(f"train: fitting {spec.training.estimator_name} on {int(training_set.metadata['rows'])} rows")
     run = train_and_log(spec, Path(training_set.path), tracking_uri, lineage)
     say(f"train: run {run.run_id}, holdout roc_auc {run.metrics['roc_auc']:.4f}, f1 {run.metrics['f1']:.4f}")
     say(f"train: {run.serving_note}" if run.onnx else f"train: WARNING {run.serving_note}")

@@ -21,7 +21,7 @@ cache=${SHEPHERD_CACHE:-$HOME/.cache/shepherd}
 image=$(sed -n 's/^PLATFORM_IMAGE = os.environ.get("SHEPHERD_IMAGE", "\(.*\)")$/\1/p' components/platform.py)
 [ -n "$image" ] || { echo "error: no PLATFORM_IMAGE in components/platform.py" >&2; exit 1; }
 suite=bookworm
-base_packages=python3,python3-venv,python-is-python3,ca-certificates
+base_packages=python3,python3-venv,python-is-python3,ca-certificates,libgomp1
 say() { echo "==> $*" >&2; }
 mkdir -p "$cache"
 # One build at a time per machine: `make test` starts one in the background and the image tests wait here.

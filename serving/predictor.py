@@ -19,6 +19,7 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import yaml
 
 from components import registry
 from components.errors import RegistryError, ShepherdError
-from components.model_input import onnx_feeds
+from components.model_input import frame_of, onnx_feeds
 from components.spec import ModelSpec, parse_spec
 from monitoring.metrics import OUTCOMES, ROLES, PredictorMetrics
 from serving import prediction_ids
@@ -50,7 +51,7 @@ class LoadedVersion:
     spec: ModelSpec
     version: str
     serving_format: str  # onnx | sklearn
-    score: object  # callable: feeds dict -> positive-class probabilities
+    score: Callable[[Mapping[str, Sequence]], np.ndarray]  # validated columns -> positive-class probabilities
 
 
 def parse_model_uri(uri: str) -> tuple[str, str]:
@@ -76,7 +77,7 @@ def load_version(tracking_uri: str, model_uri: str) -> LoadedVersion:
         if tags.get(registry.TAG_SERVING_FORMAT) == "onnx":
             path = Path(client.download_artifacts(version.run_id, f"{registry.ONNX_DIR}/{registry.ONNX_FILE}", tmp))
             _verify(registry.sha256_file(path), tags.get(registry.TAG_ONNX_SHA256), f"{name} v{version.version} ONNX")
-            score = _onnx_scorer(path.read_bytes())
+            score = _onnx_scorer(path.read_bytes(), spec)
             serving_format = "onnx"
         else:
             logger.warning(
@@ -100,30 +101,27 @@ def _verify(actual: str, recorded: str | None, what: str) -> None:
         )
 
 
-def _onnx_scorer(model: bytes):
+def _onnx_scorer(model: bytes, spec: ModelSpec):
     from components.onnx_export import PROBABILITIES_OUTPUT, session
 
     sess = session(model)
     outputs = [PROBABILITIES_OUTPUT]
 
-    def score(feeds: dict[str, np.ndarray]) -> np.ndarray:
-        return sess.run(outputs, feeds)[0][:, 1]
+    def score(columns: Mapping[str, Sequence]) -> np.ndarray:
+        return sess.run(outputs, onnx_feeds(spec, columns))[0][:, 1]
 
     return score
 
 
 def _sklearn_scorer(client, version, spec: ModelSpec, tmp: str):
     import mlflow
-    import pandas as pd
 
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=f"{tmp}/sklearn"))
     _verify(registry.sha256_tree(local), version.tags.get(registry.TAG_MODEL_SHA256), f"v{version.version} model")
     pipeline = mlflow.sklearn.load_model(str(local))
-    columns = spec.feature_names
 
-    def score(feeds: dict[str, np.ndarray]) -> np.ndarray:
-        frame = pd.DataFrame({c: feeds[c][:, 0] for c in columns})
-        return pipeline.predict_proba(frame)[:, 1]
+    def score(columns: Mapping[str, Sequence]) -> np.ndarray:
+        return np.asarray(pipeline.predict_proba(frame_of(spec, columns)))[:, 1]
 
     return score
 
@@ -185,7 +183,7 @@ def make_model(name: str, loaded: LoadedVersion, role: str, metrics: PredictorMe
             # canary's first interval would otherwise fail its latency gate on that alone.
             row = {f.name: [f.categories[0] if f.categories else (f.min or 0.0)] for f in spec.features}
             for _ in range(WARMUP_CALLS):
-                loaded.score(onnx_feeds(spec, row))
+                loaded.score(row)
             self.ready = True
             return self.ready
 
@@ -227,7 +225,7 @@ def make_model(name: str, loaded: LoadedVersion, role: str, metrics: PredictorMe
         def predict(self, parsed, headers=None, response_headers=None):
             protocol, (response_id, request_id), columns, started, wanted = parsed
             fault.strike("predict")
-            proba = loaded.score(onnx_feeds(spec, columns))
+            proba = loaded.score(columns)
             probabilities = proba.tolist()  # Python floats: cheaper to compare and serialise than numpy scalars
             n = len(probabilities)
             rows_total.inc(n)

@@ -76,12 +76,11 @@ def log(client, rows: list[dict], scores, role="champion", version="1", batch=20
 @pytest.fixture(scope="module")
 def traffic(registered_churn, churn_spec, churn_frame):
     loaded = load_version(registered_churn["tracking_uri"], "models:/churn/1")
-    from components.model_input import onnx_feeds
 
     def scored(frame):
         rows = instances(churn_spec, frame)
         columns = {f: [r[f] for r in rows] for f in churn_spec.feature_names}
-        return rows, loaded.score(onnx_feeds(churn_spec, columns))
+        return rows, loaded.score(columns)
 
     same = scored(churn_frame.sample(400, random_state=1))
     month_to_month = churn_frame[churn_frame["contract"] == "Month-to-month"]

@@ -12,8 +12,8 @@ from sklearn.preprocessing import FunctionTransformer
 
 from components import features, registry, train
 from components.errors import RegistryError
-from components.model_input import onnx_feeds
-from components.onnx_export import export, onnx_inputs
+from components.model_input import columns_of, onnx_feeds
+from components.onnx_export import export
 from pipelines.direct import train_and_register
 from serving.payload import PayloadError, PayloadParser
 from serving.predictor import ModelIntegrityError, feast_lookup, load_version, main, parse_model_uri
@@ -33,7 +33,7 @@ def test_onnx_twin_matches_scikit_learn(churn_spec, churn_frame, registered_chur
     model = train.fit(churn_frame, churn_spec).pipeline
     rows = churn_frame.sample(200, random_state=1)
     np.testing.assert_allclose(
-        loaded.score(onnx_inputs(churn_spec, rows)), train.predict_positive(model, rows, churn_spec), atol=1e-5
+        loaded.score(columns_of(rows, churn_spec)), train.predict_positive(model, rows, churn_spec), atol=1e-5
     )
 
 
@@ -66,7 +66,7 @@ def test_sklearn_fallback_is_verified_too(fresh_registry, churn_spec, churn_fram
     loaded = load_version(uri, "models:/churn/1")
     assert loaded.serving_format == "sklearn"
     rows = churn_frame.head(20)
-    assert loaded.score(onnx_inputs(churn_spec, rows)).shape == (20,)
+    assert loaded.score(columns_of(rows, churn_spec)).shape == (20,)
     pickle = _stored(home, "model.pkl")
     pickle.write_bytes(pickle.read_bytes() + b"tampered")
     with pytest.raises(ModelIntegrityError, match="model: artifact sha256"):

@@ -364,6 +364,26 @@ def test_shepherd_run_exits_with_the_code_of_the_steps_error(tmp_path, source, c
     assert list((tmp_path / "home" / "logs").glob("*.failure.json"))  # the record the step left
 
 
+def test_shepherd_run_with_an_estimator_that_cannot_be_imported_stops_before_the_run_and_registers_nothing(tmp_path):
+    """The CLI resolves the spec's estimator before it starts the DAG (the train step would find the same
+    error minutes later): exit 2, the field named, the fix given, nothing started or registered."""
+    data = yaml.safe_load(CHURN_SPEC.read_text())
+    data["training"] = {"estimator": "no_such_package.models:Forest", "params": {"depth": 3}}
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(data))
+    home = tmp_path / "home"
+    result = _cli_process("run", "--spec", str(spec), "--home", str(home), entry=["-m", "pipelines.cli"])
+    said = " ".join(result.stderr.split())
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "training.estimator: cannot import 'no_such_package.models'" in said
+    assert "install the package where the pipeline runs" in said
+    assert not (home / "pipeline-root").exists()
+    assert "Traceback" not in result.stderr
+    from mlflow import MlflowClient
+
+    assert MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}").search_model_versions("name = 'churn'") == []
+
+
 def test_run_in_containers_with_stores_only_this_machine_has_is_refused_with_the_fix(tmp_path):
     """`shepherd run --runner docker` on the embedded default's SQLite registry and repo directory: the
     steps' containers would each keep their own copy, so the CLI refuses before anything starts."""

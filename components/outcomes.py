@@ -225,6 +225,8 @@ def _tables():
         Column("features", Text, nullable=False),
         Index("ix_shepherd_predictions_time", "model", "predicted_at"),
         Index("ix_shepherd_predictions_entity", "model", "entity_key", "predicted_at"),
+        # What serves each role now (its latest prediction) and each role's quality window, without a scan.
+        Index("ix_shepherd_predictions_role_time", "model", "role", "predicted_at"),
     )
     labels = Table(
         "shepherd_labels",
@@ -256,6 +258,8 @@ class OutcomeLedger:
 
         self.metadata, self.predictions, self.labels = _tables()
         self.metadata.create_all(self.engine)
+        for index in self.predictions.indexes | self.labels.indexes:  # a ledger made by an older release
+            index.create(self.engine, checkfirst=True)
         self._write_lock = threading.Lock()  # one writer per process; the database serialises the rest
 
     @classmethod
@@ -470,21 +474,25 @@ class OutcomeLedger:
             frame["features"] = frame["features"].map(json.loads)
         return frame
 
-    def serving_versions(self, model: str) -> dict[str, str]:
-        """Role -> the version of that role's latest recorded prediction: what serves it now."""
-        from sqlalchemy import func, select
+    def serving_versions(self, model: str, roles: Iterable[str]) -> dict[str, str]:
+        """Role -> the version of that role's latest recorded prediction: what serves it now (one index
+        lookup per role)."""
+        from sqlalchemy import select
 
         p = self.predictions
-        latest = (
-            select(p.c.role, func.max(p.c.predicted_at).label("at")).where(p.c.model == model).group_by(p.c.role)
-        ).subquery()
-        query = (
-            select(p.c.role, p.c.version)
-            .join(latest, (p.c.role == latest.c.role) & (p.c.predicted_at == latest.c.at))
-            .where(p.c.model == model)
-        )
+        found = {}
         with self.engine.connect() as connection:
-            return {role: version for role, version in connection.execute(query)}
+            for role in roles:
+                latest = (
+                    select(p.c.version)
+                    .where((p.c.model == model) & (p.c.role == role))
+                    .order_by(p.c.predicted_at.desc())
+                    .limit(1)
+                )
+                version = connection.execute(latest).scalar()
+                if version is not None:
+                    found[role] = version
+        return found
 
     def models(self) -> list[str]:
         """Models with at least one label."""

@@ -40,6 +40,7 @@ from monitoring.metrics import (
     QUALITY_LABELLED_ROWS,
     QUALITY_MAXIMUM,
     QUALITY_MINIMUM,
+    ROLES,
 )
 
 logger = logging.getLogger("shepherd.quality")
@@ -175,9 +176,9 @@ class QualityMonitor:
         promotion moves the champion's series at once) on its latest labelled predictions; a role whose
         version has no labels yet has no series."""
         now = time.time() if now is None else now
-        serving = self.ledger.serving_versions(model)
+        serving = self.ledger.serving_versions(model, ROLES)
         found: list[RevisionQuality] = []
-        for role in ("champion", "canary"):
+        for role in ROLES:
             version = serving.get(role)
             rows = None
             if version is not None:

@@ -70,6 +70,25 @@ def test_labels_by_id_and_by_entity_survive_a_reopened_ledger(location):
     assert reopened.models() == ["churn"]
 
 
+def test_what_serves_each_role_is_its_latest_prediction_and_an_older_ledger_gets_the_index(location):
+    from sqlalchemy import inspect
+
+    ledger = OutcomeLedger.at(location)
+    index = next(i for i in ledger.predictions.indexes if i.name == "ix_shepherd_predictions_role_time")
+    index.drop(ledger.engine)  # a ledger written by a release before this index
+    ledger.record_predictions(_predictions(6, version="1", start=1_000.0))
+    ledger.record_predictions(_predictions(4, version="2", role="canary", start=1_002.0, prefix="c"))
+    ledger.record_predictions(_predictions(3, version="2", start=1_010.0, prefix="p"))  # v2 promoted
+    ledger.close()
+
+    reopened = OutcomeLedger.at(location)
+    names = {i["name"] for i in inspect(reopened.engine).get_indexes("shepherd_predictions")}
+    assert "ix_shepherd_predictions_role_time" in names
+    assert reopened.serving_versions("churn", ("champion", "canary")) == {"champion": "2", "canary": "2"}
+    assert reopened.serving_versions("churn", ("champion",)) == {"champion": "2"}
+    assert reopened.serving_versions("other", ("champion", "canary")) == {}
+
+
 def test_an_entity_label_goes_to_the_latest_prediction_at_or_before_its_time(location):
     ledger = OutcomeLedger.at(location)
     early, late = _predictions(1, start=1_000.0, prefix="a")[0], _predictions(1, start=1_050.0, prefix="b")[0]

@@ -408,22 +408,31 @@ class OutcomeLedger:
                 for prediction_id, version in connection.execute(query):
                     for index in by_id[prediction_id]:
                         found[index] = (prediction_id, version)
+            by_entity: dict[str, list[int]] = {}
             for index, item in enumerate(items):
-                if item.id is not None:
-                    continue
+                if item.id is None:
+                    by_entity.setdefault(item.entity, []).append(index)
+            entities = list(by_entity)
+            for start in range(0, len(entities), ID_CHUNK):
+                # One query per chunk of entities: their predictions up to the chunk's latest event time,
+                # newest first; each item takes its entity's newest at or before its own event time.
+                chunk = entities[start : start + ID_CHUNK]
+                until = max(items[i].event_time for entity in chunk for i in by_entity[entity])
                 query = (
-                    select(table.c.id, table.c.version)
-                    .where(
-                        table.c.model == model,
-                        table.c.entity_key == item.entity,
-                        table.c.predicted_at <= item.event_time,
-                    )
-                    .order_by(table.c.predicted_at.desc())
-                    .limit(1)
+                    select(table.c.entity_key, table.c.predicted_at, table.c.id, table.c.version)
+                    .where(table.c.model == model, table.c.entity_key.in_(chunk), table.c.predicted_at <= until)
+                    .order_by(table.c.entity_key, table.c.predicted_at.desc(), table.c.id.desc())
                 )
-                row = connection.execute(query).first()
-                if row is not None:
-                    found[index] = (row[0], row[1])
+                history: dict[str, list[tuple[float, str, str]]] = {}
+                for entity, predicted_at, prediction_id, version in connection.execute(query):
+                    history.setdefault(entity, []).append((predicted_at, prediction_id, version))
+                for entity in chunk:
+                    newest_first = history.get(entity, [])
+                    for index in by_entity[entity]:
+                        at = items[index].event_time
+                        match = next((row for row in newest_first if row[0] <= at), None)
+                        if match is not None:
+                            found[index] = (match[1], match[2])
         return found
 
     # -- reading --------------------------------------------------------------------------------

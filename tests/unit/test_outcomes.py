@@ -99,6 +99,31 @@ def test_an_entity_label_goes_to_the_latest_prediction_at_or_before_its_time(loc
         ledger.record_feedback("churn", [Feedback("No", entity="100", event_time=999.0)], lambda v: TARGET)
 
 
+def test_many_entity_labels_in_one_call_each_find_their_own_prediction(location):
+    """1,200 entities (more than one lookup chunk), each predicted at random times; labels at random event
+    times go to the newest prediction of their entity at or before that time, as a direct search says."""
+    rng = np.random.default_rng(11)
+    predictions = [
+        Prediction(f"e{e}-{k}", "churn", "1", "champion", float(at), 0.5, {}, entity_key=f"cust-{e}")
+        for e in range(1_200)
+        for k, at in enumerate(rng.choice(np.arange(1_000, 2_000), size=int(rng.integers(1, 5)), replace=False))
+    ]
+    ledger = OutcomeLedger.at(location)
+    ledger.record_predictions(predictions)
+    asked = [(f"cust-{e}", float(rng.integers(1_000, 2_100))) for e in range(0, 1_200, 2)]
+
+    def expected(entity: str, at: float) -> str | None:
+        mine = [p for p in predictions if p.entity_key == entity and p.predicted_at <= at]
+        return max(mine, key=lambda p: p.predicted_at).id if mine else None
+
+    wanted = {entity: expected(entity, at) for entity, at in asked}
+    labels = [Feedback("Yes", entity=entity, event_time=at) for entity, at in asked if wanted[entity]]
+    receipt = ledger.record_feedback("churn", labels, lambda v: TARGET)
+    assert receipt.accepted == len(labels) > 300
+    joined = ledger.labelled("churn")
+    assert sorted(joined["id"]) == sorted(i for i in wanted.values() if i)
+
+
 def test_bad_feedback_is_refused_item_by_item_and_nothing_is_recorded(location):
     ledger = OutcomeLedger.at(location)
     ledger.record_predictions(_predictions(4))

@@ -94,6 +94,7 @@ bench: venv e2e-tools ## Pipeline runs, serving vs MLServer (wrk), time to rollb
 	@$(PY) -m benchmarks.serving --output docs/benchmarks.md
 	@$(PY) -m benchmarks.rollback --output docs/benchmarks.md
 	@$(PY) -m benchmarks.feedback --output docs/benchmarks.md
+	@$(PY) -m benchmarks.learning_loop --output docs/benchmarks.md
 
 infra-check: venv ## kustomize overlays vs a real apiserver, terraform (tofu fmt, hcl2 contract, checkov), workflows (actionlint)
 	@$(PY) -m pytest tests/cluster/test_manifests.py tests/unit/test_terraform.py tests/unit/test_workflows.py

@@ -540,7 +540,8 @@ round labels new predictions (a label is final), so the ledgers grow over the ru
   with `synchronous=FULL`. The labels' insert is an executemany that psycopg sends as one statement per row,
   and each 500-id `IN` query is parsed with 500 bound parameters.
 - By entity key and event time the ledger looks the labels' predictions up with one query per 500 entities
-  (their predictions up to the latest event time, newest first; by id: one `IN` query per 500 ids): by entity / by id, parts of {one:,}, SQLite {ratio("sqlite-entity", "sqlite", one)},
+  (their predictions up to the latest event time, newest first; by id: one `IN` query per 500 ids):
+  by entity / by id, parts of {one:,}, SQLite {ratio("sqlite-entity", "sqlite", one)},
   PostgreSQL {ratio("postgres-entity", "postgres", one)}; a full 10,000-label call by entity takes
   {entity_call["sqlite"]} on SQLite, {entity_call["postgres"]} on PostgreSQL.
 

@@ -85,6 +85,20 @@ def test_the_kfp_executor_and_every_component_import_in_the_image(image):
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
 
 
+def test_the_image_trains_and_converts_the_estimators_it_ships(image):
+    """XGBoost and LightGBM (with the OpenMP runtime they load) fit and convert to ONNX in the image."""
+    probe = (
+        "import numpy as np, lightgbm, xgboost\n"
+        "from components.onnx_export import _register_converter\n"
+        "X = np.random.default_rng(0).normal(size=(200, 3)); y = (X[:, 0] > 0).astype(int)\n"
+        "for est in (xgboost.XGBClassifier(n_estimators=5), lightgbm.LGBMClassifier(n_estimators=5, verbose=-1)):\n"
+        "    assert _register_converter(est.fit(X, y))\n"
+        "print('ok')"
+    )
+    result = run(image, "python", "-c", probe)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
 def test_the_predictor_serves_a_model_registered_through_the_server(image, registered, churn_spec, churn_frame):
     port = free_port()
     command = predictor_command("churn", "models:/churn/1", registered, port, host="127.0.0.1")

@@ -23,6 +23,7 @@ locals {
     var.webhook_token_existing_secret == null ? [] : [{ name = "webhook.token.existingSecret", value = var.webhook_token_existing_secret }],
     var.kfp_endpoint == null ? [] : [{ name = "webhook.kfpHost", value = var.kfp_endpoint }],
     var.feature_repo == null ? [] : [{ name = "webhook.featureRepo", value = var.feature_repo }],
+    var.feedback_token_existing_secret == null ? [] : [{ name = "drift.feedback.token.existingSecret", value = var.feedback_token_existing_secret }],
     var.mlflow_backend_store_existing_secret == null ? [] : [{ name = "mlflow.backendStore.existingSecret", value = var.mlflow_backend_store_existing_secret }],
   )
 

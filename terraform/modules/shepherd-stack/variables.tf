@@ -120,6 +120,12 @@ variable "webhook_token_existing_secret" {
   default     = null
 }
 
+variable "feedback_token_existing_secret" {
+  type        = string
+  description = "Name of an existing Secret in shepherd_namespace holding the bearer token clients present to post ground truth to the drift service's feedback endpoint (key `token`); null lets the chart generate one. Used only with feature_repo (the outcome ledger lives there)."
+  default     = null
+}
+
 variable "shepherd_values" {
   type        = any
   description = "Further values for Shepherd's chart (helm/shepherd/values.yaml). They override the module's wiring (Prometheus URL, NetworkPolicy namespaces) but not the typed variables above."

@@ -55,6 +55,12 @@ LABEL org.opencontainers.image.title="shepherd" \
 RUN groupadd --system --gid 10001 shepherd \
     && useradd --system --uid 10001 --gid 10001 --home-dir /home/shepherd --create-home --shell /usr/sbin/nologin shepherd
 
+# XGBoost and LightGBM load the OpenMP runtime (libgomp1), which the slim image lacks (scripts/image.sh's
+# Debian base has it already).
+RUN python -c "import ctypes.util, sys; sys.exit(ctypes.util.find_library('gomp') is None)" \
+    || (apt-get update && apt-get install -y --no-install-recommends libgomp1=12.2.0-14+deb12u1 \
+        && rm -rf /var/lib/apt/lists/*)
+
 COPY --from=builder /opt/shepherd /opt/shepherd
 COPY specs /opt/shepherd/share/shepherd/specs
 

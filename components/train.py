@@ -75,6 +75,10 @@ def build_pipeline(spec: ModelSpec) -> Pipeline:
     return Pipeline([("preprocess", preprocess), ("model", estimator)])
 
 
+class EstimatorNotImportable(SpecError):
+    """`training.estimator` names a module or class this Python cannot import."""
+
+
 def estimator_class(spec: ModelSpec) -> type:
     """The class the spec names: a built-in algorithm, or `training.estimator` imported ("module:Class")."""
     if spec.training.algorithm is not None:
@@ -83,13 +87,13 @@ def estimator_class(spec: ModelSpec) -> type:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise SpecError(
+        raise EstimatorNotImportable(
             f"training.estimator: cannot import {module_name!r} ({exc}); install the package where the pipeline "
             "runs (the venv, or the image the steps run in) or fix the module path"
         ) from exc
     found = getattr(module, class_name, None)
     if not isinstance(found, type):
-        raise SpecError(f"training.estimator: module {module_name!r} has no class {class_name!r}")
+        raise EstimatorNotImportable(f"training.estimator: module {module_name!r} has no class {class_name!r}")
     return found
 
 

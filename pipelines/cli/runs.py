@@ -63,12 +63,18 @@ def run(
 
     Examples: shepherd run --spec specs/credit.yaml;  shepherd run -p C=0.5 (a challenger with other params)
     """
-    from components.train import build_pipeline
+    from components.train import EstimatorNotImportable, build_pipeline
     from pipelines.local import run_local
     from serving.backends import PlaneProcess
 
     model_spec = _with_params(load_model_spec(spec), param or [])
-    build_pipeline(model_spec)  # parameters the estimator does not take fail here, not minutes later in train
+    try:
+        build_pipeline(model_spec)  # parameters the estimator does not take fail here, not minutes later in train
+    except EstimatorNotImportable as exc:
+        if runner != "docker":
+            raise
+        # The steps run in the image, which may have a package this machine lacks: its train step decides.
+        console.print(f"[yellow]note:[/] {exc}; with --runner docker the image's train step must have it")
     settings = Settings.from_env(home=home, tracking_uri=tracking_uri)
     plane = PlaneProcess.find(settings.home)
     console.print(f"[bold]shepherd run[/] {model_spec.name} from {spec} (state in {settings.home})")

@@ -384,6 +384,20 @@ def test_shepherd_run_with_an_estimator_that_cannot_be_imported_stops_before_the
     assert MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}").search_model_versions("name = 'churn'") == []
 
 
+def test_an_estimator_this_machine_cannot_import_is_left_to_the_image_with_runner_docker(tmp_path):
+    """With --runner docker the steps run in the image, which may have a package the host lacks: the
+    pre-check notes it and goes on (here to the refusal of the host's SQLite store, exit 6)."""
+    data = yaml.safe_load(CHURN_SPEC.read_text())
+    data["training"] = {"estimator": "teams_own_models.forest:Forest", "params": {}}
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(data))
+    result = _invoke("run", "--runner", "docker", "--spec", str(spec), "--home", str(tmp_path))
+    said = " ".join(result.output.split())
+    assert "training.estimator: cannot import 'teams_own_models.forest'" in said
+    assert "with --runner docker the image's train step must have it" in said
+    assert result.exit_code == 6, result.output
+
+
 def test_run_in_containers_with_stores_only_this_machine_has_is_refused_with_the_fix(tmp_path):
     """`shepherd run --runner docker` on the embedded default's SQLite registry and repo directory: the
     steps' containers would each keep their own copy, so the CLI refuses before anything starts."""

@@ -523,6 +523,33 @@ class OutcomeLedger:
             ).scalar_one()
         return {"predictions": int(predictions), "labels": int(labels)}
 
+    # -- retention --------------------------------------------------------------------------------
+    def prune_unlabelled(self, older_than: float, chunk: int = 5_000) -> int:
+        """Delete predictions made before `older_than` (unix seconds) that never got a label: most
+        predictions never do, and they are only kept for a label to find. Labelled predictions stay (they
+        are training rows and live quality). Deletes in chunks, each its own short transaction, so
+        ingestion and feedback wait at most one chunk. Returns how many were deleted."""
+        from sqlalchemy import and_, delete, exists, select
+
+        p, lab = self.predictions, self.labels
+        unlabelled = and_(
+            p.c.predicted_at < older_than,
+            ~exists().where((lab.c.model == p.c.model) & (lab.c.prediction_id == p.c.id)),
+        )
+        deleted = 0
+        while True:
+            with self._write_lock, self.engine.begin() as connection:
+                keys = connection.execute(select(p.c.model, p.c.id).where(unlabelled).limit(chunk)).all()
+                for model in {model for model, _ in keys}:
+                    ids = [i for m, i in keys if m == model]
+                    for start in range(0, len(ids), ID_CHUNK):
+                        part = ids[start : start + ID_CHUNK]
+                        # The condition again: a label recorded since the select keeps its prediction.
+                        done = connection.execute(delete(p).where((p.c.model == model) & p.c.id.in_(part), unlabelled))
+                        deleted += done.rowcount
+            if len(keys) < chunk:
+                return deleted
+
 
 def _iso(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):

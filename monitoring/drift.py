@@ -114,6 +114,8 @@ SPEC_RETRY_SECONDS = 60  # a spec the registry could not give is asked for again
 SPEC_WAIT_SECONDS = 2.0  # the first event of a version waits this long for its spec (entity key), no more
 ENV_FEEDBACK_TOKEN = "SHEPHERD_FEEDBACK_TOKEN"
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+DEFAULT_UNLABELLED_RETENTION_DAYS = 30.0  # predictions whose label never came, kept this long for a late one
+PRUNE_INTERVAL_SECONDS = 3600.0
 
 
 class BadEvent(ValueError):
@@ -827,6 +829,7 @@ def create_app(
     compute_interval: float = 5.0,
     quality: QualityMonitor | None = None,
     feedback_token: str | None = None,
+    unlabelled_retention_days: float = DEFAULT_UNLABELLED_RETENTION_DAYS,
 ) -> FastAPI:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -852,7 +855,24 @@ def create_app(
                 await asyncio.sleep(min(service.pending_ttl / 4, 5.0))
                 service.expire()
 
+        async def prune():  # the ledger keeps labelled predictions; unlabelled ones only for a while
+            while True:
+                cutoff = time.time() - unlabelled_retention_days * 86_400
+                try:
+                    deleted = await asyncio.to_thread(quality.ledger.prune_unlabelled, cutoff)
+                    if deleted:
+                        logger.info(
+                            "ledger: deleted %d predictions older than %g days that never got a label",
+                            deleted,
+                            unlabelled_retention_days,
+                        )
+                except Exception:  # the ledger's database is down: try again next time
+                    logger.exception("ledger retention failed")
+                await asyncio.sleep(PRUNE_INTERVAL_SECONDS)
+
         tasks = [asyncio.create_task(recompute()), asyncio.create_task(expire())]
+        if quality is not None and unlabelled_retention_days > 0:
+            tasks.append(asyncio.create_task(prune()))
         yield
         for task in tasks:
             task.cancel()
@@ -944,11 +964,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quality-window", type=int, default=1000, help="labelled predictions scored per revision (default 1000)"
     )
+    parser.add_argument(
+        "--unlabelled-retention-days",
+        type=float,
+        default=DEFAULT_UNLABELLED_RETENTION_DAYS,
+        help="delete recorded predictions no label came for after this many days, checked hourly; labelled "
+        f"ones are kept (default {DEFAULT_UNLABELLED_RETENTION_DAYS:g}; 0 keeps everything)",
+    )
     args = parser.parse_args(argv)
     if not args.tracking_uri:
         parser.error("--tracking-uri or MLFLOW_TRACKING_URI is required")
     if args.quality_window < 1:
         parser.error(f"--quality-window must be at least 1, got {args.quality_window}")
+    if args.unlabelled_retention_days < 0:
+        parser.error(f"--unlabelled-retention-days must be 0 (keep) or more, got {args.unlabelled_retention_days}")
     token = (
         args.feedback_token_file.read_text().strip() if args.feedback_token_file else os.environ.get(ENV_FEEDBACK_TOKEN)
     )
@@ -968,7 +997,7 @@ def main(argv: list[str] | None = None) -> int:
     quality = None
     if ledger is not None:
         quality = QualityMonitor(ledger, references.facts, registry, window=args.quality_window)
-    app = create_app(service, args.compute_interval, quality, token)
+    app = create_app(service, args.compute_interval, quality, token, args.unlabelled_retention_days)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 

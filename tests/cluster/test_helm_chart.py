@@ -293,6 +293,7 @@ def test_with_a_shared_feature_store_the_drift_service_takes_feedback_behind_a_t
     (container,) = drift["containers"]
     assert "--feedback-token-file=/etc/shepherd/feedback/token" in container["command"]
     assert "--quality-window=2000" in container["command"]
+    assert "--unlabelled-retention-days=14" in container["command"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["SHEPHERD_FEATURE_REPO"] == "postgresql://feast@feast-db.data.svc:5432/feast"
     (volume,) = [v for v in drift["volumes"] if v["name"] == "feedback-token"]

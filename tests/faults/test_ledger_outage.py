@@ -5,6 +5,7 @@ on and counts the predictions it could not record, and once the database is back
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import pytest
@@ -51,7 +52,7 @@ def test_a_dead_ledger_database_is_a_503_and_loses_no_acknowledged_label(
     url, batch = "/models/churn/feedback", {"content-type": BATCH_CONTENT_TYPE}
     with TestClient(create_app(service, compute_interval=3600, quality=quality)) as client:
         assert client.post("/", content=_events(rows, "before"), headers=batch).status_code == 202
-        ledger.record_predictions([Prediction("kept-0", "churn", "1", "champion", 1.0, 0.4, rows[0])])
+        ledger.record_predictions([Prediction("kept-0", "churn", "1", "champion", time.time(), 0.4, rows[0])])
         labels = {"labels": [{"id": "before-0", "label": "Yes"}, {"id": "before-1", "label": "No"}]}
 
         postgres.halt(own_postgres)

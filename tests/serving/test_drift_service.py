@@ -395,3 +395,41 @@ def test_an_error_quoting_a_lone_surrogate_is_still_answered(service):
     event = _structured(REQUEST_EVENT, "s", {"instances": [{"x\udfff": [1]}]})
     answer = _batch(client, [event])
     assert answer["invalid"][0]["index"] == 0 and "body.instances[0].x" in answer["invalid"][0]["error"]
+
+
+def test_the_service_deletes_old_unlabelled_predictions_and_keeps_labelled_ones(registered_churn, tmp_path):
+    """Retention runs in the service itself (at start, then hourly): a prediction no label came for in
+    --unlabelled-retention-days is deleted, a labelled one of the same age and a recent one are kept."""
+    from components.outcomes import Feedback, OutcomeLedger, Prediction, TargetValues
+    from monitoring.quality import QualityMonitor
+
+    ledger = OutcomeLedger.at(str(tmp_path / "feature_repo"))
+    now, day = time.time(), 86_400
+
+    def made(prediction_id: str, age_days: float) -> Prediction:
+        return Prediction(prediction_id, "churn", "1", "champion", now - age_days * day, 0.3, {"tenure": 1})
+
+    ledger.record_predictions([made("stale", 3), made("labelled", 3), made("recent", 0.5)])
+    target = TargetValues("churn", "Yes", "No")
+    assert ledger.record_feedback("churn", [Feedback("Yes", id="labelled")], lambda v: target).accepted == 1
+    references, registry = ReferenceStore(registered_churn["tracking_uri"]), CollectorRegistry()
+    service = DriftService(references, registry, ledger=ledger)
+    quality = QualityMonitor(ledger, references.facts, registry)
+    app = create_app(service, compute_interval=3600, quality=quality, unlabelled_retention_days=1)
+    with TestClient(app):
+        deadline = time.monotonic() + 30
+        while ledger.counts("churn")["predictions"] > 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    left = OutcomeLedger.at(str(tmp_path / "feature_repo"))
+    assert left.counts("churn") == {"predictions": 2, "labels": 1}
+    assert list(left.labelled("churn")["id"]) == ["labelled"]
+    assert left.prune_unlabelled(now - 0.25 * day) == 1  # "recent" was kept only for being recent
+
+
+def test_a_negative_retention_is_refused_with_the_flag_named(registered_churn, capsys):
+    from monitoring.drift import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--tracking-uri", registered_churn["tracking_uri"], "--unlabelled-retention-days", "-1"])
+    assert info.value.code == 2
+    assert "--unlabelled-retention-days must be 0 (keep) or more, got -1.0" in capsys.readouterr().err

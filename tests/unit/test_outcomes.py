@@ -124,6 +124,25 @@ def test_many_entity_labels_in_one_call_each_find_their_own_prediction(location)
     assert sorted(joined["id"]) == sorted(i for i in wanted.values() if i)
 
 
+def test_retention_deletes_old_unlabelled_predictions_and_keeps_every_labelled_one(location):
+    ledger = OutcomeLedger.at(location)
+    ledger.record_predictions(_predictions(12, start=1_000.0, prefix="old"))  # 1,000 .. 1,011
+    ledger.record_predictions(_predictions(4, start=5_000.0, prefix="new"))
+    ledger.record_predictions(_predictions(4, start=1_000.0, model="credit", prefix="old"))
+    ledger.record_feedback("churn", [Feedback("Yes", id="old0-1"), Feedback("No", id="old2-3")], lambda v: TARGET)
+    before = ledger.labelled("churn")
+
+    # churn: the 8 made before 1,008 (old0-0 .. old1-3) but the labelled old0-1; credit: all 4.
+    assert ledger.prune_unlabelled(older_than=1_008.0, chunk=3) == 7 + 4
+    assert ledger.counts("churn") == {"predictions": 16 - 7, "labels": 2}
+    assert ledger.counts("credit") == {"predictions": 0, "labels": 0}
+    assert ledger.labelled("churn").equals(before)  # live quality and training rows untouched
+    assert ledger.prune_unlabelled(older_than=1_008.0) == 0
+    # A label arriving late for a pruned prediction is an unknown id, named as such.
+    with pytest.raises(FeedbackRejected, match=r"labels\[0\]\.id: no prediction of 'churn' for id 'old0-0'"):
+        ledger.record_feedback("churn", [Feedback("Yes", id="old0-0")], lambda v: TARGET)
+
+
 def test_bad_feedback_is_refused_item_by_item_and_nothing_is_recorded(location):
     ledger = OutcomeLedger.at(location)
     ledger.record_predictions(_predictions(4))

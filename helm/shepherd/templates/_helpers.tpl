@@ -158,6 +158,7 @@ app.kubernetes.io/part-of: shepherd
 - --min-rows={{ $v.drift.minRows }}
 {{- if eq (include "shepherd.feedbackEnabled" .root) "true" }}
 - --quality-window={{ $v.drift.feedback.qualityWindow }}
+- --unlabelled-retention-days={{ $v.drift.feedback.unlabelledRetentionDays }}
 - --feedback-token-file=/etc/shepherd/feedback/token
 {{- end }}
 {{- range $v.drift.extraArgs }}

@@ -118,6 +118,40 @@ def test_ids_round_trip_from_v1_and_v2_predictions_to_recorded_labels(plane, row
     assert _quality(plane)["labels"] == before["labels"] + 7
 
 
+def test_labels_by_entity_key_and_event_time_reach_the_predictions_of_keyed_requests(
+    plane, rows, churn_frame, tmp_path
+):
+    """Requests that carry the entity key beside the features; the ground truth comes back as a label
+    pipeline knows it, by customer and the time the outcome was observed, through `shepherd feedback`."""
+    from datetime import UTC, datetime
+
+    from components.outcomes import OutcomeLedger
+
+    customers = [int(c) for c in churn_frame.head(6)["customer_id"]]
+    keyed = [{**row, "customer_id": customer} for row, customer in zip(rows[:6], customers, strict=True)]
+    before = _quality(plane)
+    answered = httpx.post(f"{plane.url}/v1/models/churn:predict", json={"instances": keyed}, timeout=30)
+    assert answered.status_code == 200, answered.text
+    ids = [p["id"] for p in answered.json()["predictions"]]
+    _logged(plane, before["predictions"] + 6)
+
+    observed = datetime.now(UTC).isoformat()
+    labels = tmp_path / "outcomes.csv"
+    labels.write_text("entity,event_time,label\n" + "".join(f"{c},{observed},Yes\n" for c in customers))
+    sent = _cli(plane, "feedback", "churn", str(labels))
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert "6 label(s) recorded for churn" in sent.stdout
+    assert _quality(plane)["labels"] == before["labels"] + 6
+    ledger = OutcomeLedger.at(str(plane.home / "feature_repo"))
+    try:
+        joined = ledger.labelled("churn")
+    finally:
+        ledger.close()
+    mine = joined[joined["id"].isin(ids)]
+    assert sorted(mine["id"]) == sorted(ids) and set(mine["label"]) == {"Yes"}
+    assert sorted(mine["entity_key"].astype(int)) == sorted(customers)
+
+
 def test_bad_feedback_is_a_4xx_naming_the_field_and_records_nothing(plane, rows):
     answered = httpx.post(f"{plane.url}/v1/models/churn:predict", json={"instances": rows[:1]}, timeout=30).json()
     known = answered["predictions"][0]["id"]

@@ -13,6 +13,24 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 # (serving/plane_auth.py); every process the tests start inherits it.
 os.environ.setdefault("SHEPHERD_CONFIG_DIR", tempfile.mkdtemp(prefix="shepherd-config-"))
 
+
+def _undo_feasts_multiprocess_switch() -> None:
+    """Importing Feast (feast.metrics) puts PROMETHEUS_MULTIPROC_DIR into this process's environment: every
+    plane, predictor and drift service a test starts would inherit it and run prometheus_client in
+    multiprocess mode, as no Shepherd process does in production (none imports Feast before it serves
+    metrics, and none inherits it). prometheus_client first (this process keeps in-process values), Feast's
+    side effect next, then undone."""
+    import importlib
+
+    importlib.import_module("prometheus_client")
+    importlib.import_module("feast.metrics")
+
+    for name in ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR", "prometheus_multiproc_dir"):
+        os.environ.pop(name, None)
+
+
+_undo_feasts_multiprocess_switch()
+
 REPO = Path(__file__).resolve().parent.parent
 CHURN_SPEC = REPO / "specs" / "churn.yaml"
 CREDIT_SPEC = REPO / "specs" / "credit.yaml"

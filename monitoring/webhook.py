@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -143,6 +144,22 @@ class LocalRetrainer:
     def _pid_file(self, model: str) -> Path:
         return self.home / "retrain" / f"{model}.pid"
 
+    @contextlib.contextmanager
+    def _starting(self, model: str):
+        """Held from "is one running?" until the new run's pid is written: two triggers at once (a
+        schedule's ticks, an alert and a schedule) are separate processes, and without it both would find
+        nothing running and start a run each."""
+        import fcntl
+
+        lock_path = self.home / "retrain" / f"{model}.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     def running(self, model: str) -> int | None:
         """The pid of this model's retraining run if one is still going."""
         try:
@@ -155,31 +172,33 @@ class LocalRetrainer:
 
     def foreground(self, model: str) -> int:
         """Run it here, its progress on this terminal; returns its exit code (1 if one is already going)."""
-        if (pid := self.running(model)) is not None:
-            logger.warning("a retraining run of %s is already going (pid %d): one at a time", model, pid)
-            return 1
-        command = self.command(model)
-        env = {**os.environ, "MLFLOW_TRACKING_URI": self.tracking_uri}
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env)
-        self._pid_file(model).write_text(str(process.pid))
+        with self._starting(model):
+            if (pid := self.running(model)) is not None:
+                logger.warning("a retraining run of %s is already going (pid %d): one at a time", model, pid)
+                return 1
+            command = self.command(model)
+            env = {**os.environ, "MLFLOW_TRACKING_URI": self.tracking_uri}
+            process = subprocess.Popen(command, cwd=REPO_ROOT, env=env)
+            self._pid_file(model).write_text(str(process.pid))
         return process.wait()
 
     def __call__(self, model: str, reason: str) -> str:
-        if (pid := self.running(model)) is not None:
-            return f"already running: pid {pid} (one retraining run per model at a time)"
-        command = self.command(model)
-        log = self.home / "retrain" / f"{model}-{int(time.time())}.log"
-        with open(log, "w") as handle:
-            handle.write(f"# retraining {model}: {reason}\n")
-        process = subprocess.Popen(
-            command,
-            cwd=REPO_ROOT,
-            stdout=open(log, "a"),  # noqa: SIM115 (owned by the child)
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, "MLFLOW_TRACKING_URI": self.tracking_uri},
-        )
-        self._pid_file(model).write_text(str(process.pid))
+        with self._starting(model):
+            if (pid := self.running(model)) is not None:
+                return f"already running: pid {pid} (one retraining run per model at a time)"
+            command = self.command(model)
+            log = self.home / "retrain" / f"{model}-{int(time.time())}.log"
+            with open(log, "w") as handle:
+                handle.write(f"# retraining {model}: {reason}\n")
+            process = subprocess.Popen(
+                command,
+                cwd=REPO_ROOT,
+                stdout=open(log, "a"),  # noqa: SIM115 (owned by the child)
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "MLFLOW_TRACKING_URI": self.tracking_uri},
+            )
+            self._pid_file(model).write_text(str(process.pid))
         return f"local run pid {process.pid}, log {log}"
 
 

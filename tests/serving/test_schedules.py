@@ -88,3 +88,31 @@ def test_the_plane_retrains_on_schedule_one_run_at_a_time(tmp_path, churn_spec, 
         assert _cli(home, "schedule", "delete", "churn").returncode == 0
         history = _cli(home, "history", "churn")
         assert "schedule: every 2s" in history.stdout, history.stdout
+
+
+def test_triggers_at_the_same_moment_start_one_run(tmp_path, churn_spec, churn_frame):
+    """Three `shepherd retrain` processes at once (a schedule's tick beside an alert's, as on a loaded
+    machine where each takes seconds to start): one run starts, the others find it and start nothing."""
+    import signal
+
+    home = tmp_path / "home"
+    home.mkdir()
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    assert train_and_register(churn_spec, churn_frame, uri, home).alias == "champion"
+    command = [sys.executable, "-m", "pipelines.cli", "retrain", "churn", "--home", str(home), "--tracking-uri", uri]
+    env = {**os.environ, "SHEPHERD_HOME": str(home), "COLUMNS": "200"}
+    triggers = [
+        subprocess.Popen(
+            [*command, "--reason", f"trigger {n}"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        for n in range(3)
+    ]
+    said = [trigger.communicate(timeout=180)[0].decode() for trigger in triggers]
+    run_pid = int((home / "retrain" / "churn.pid").read_text())
+    try:
+        assert all(trigger.returncode == 0 for trigger in triggers), said
+        assert sum("local run pid" in s for s in said) == 1, said
+        assert sum("already" in s for s in said) == 2, said
+        assert len(list((home / "retrain").glob("churn-*.log"))) == 1
+    finally:
+        os.killpg(run_pid, signal.SIGTERM)  # the run has its own session: it and its steps

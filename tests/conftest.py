@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -52,13 +53,21 @@ def churn_frame(churn_spec):
     return entity_rows.merge(feature_rows, on=[churn_spec.entity.key, "event_timestamp"])
 
 
+def _forget_mlflow_uris() -> None:
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ.pop("MLFLOW_REGISTRY_URI", None)
+    if "mlflow" in sys.modules:  # nothing to forget in a process that never imported it
+        sys.modules["mlflow"].set_registry_uri("")  # "": the registry follows the tracking URI again
+
+
 @pytest.fixture(autouse=True)
 def _no_leaked_tracking_uri():
-    """`mlflow.set_tracking_uri` exports MLFLOW_TRACKING_URI for subprocesses; a test must not
-    inherit another test's registry through it."""
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    """`mlflow.set_tracking_uri` and `set_registry_uri` (components.registry.connect calls both) export
+    MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI for subprocesses and keep the registry URI in this process:
+    a test must not read another test's registry through them (`models:/` URIs resolve in the registry)."""
+    _forget_mlflow_uris()
     yield
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    _forget_mlflow_uris()
 
 
 @pytest.fixture(scope="session")

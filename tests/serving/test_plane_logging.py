@@ -58,6 +58,11 @@ def drift_state(plane) -> dict:
 
 def test_rejected_requests_leave_nothing_pending(plane, churn_spec, rows):
     LocalBackend(plane.url).apply(build_inference_service(churn_spec, "1", payload_log_url=f"{plane.url}/drift/"))
+    # The first events of a version wait (up to 2 s) for its spec and reference in the drift service: with
+    # this 16-event queue a burst then would be dropped, so one answered prediction goes through first.
+    first = metric(f"{plane.url}/metrics", PLANE_PAYLOAD_EVENTS_DELIVERED_TOTAL)
+    assert httpx.post(f"{plane.url}/v1/models/churn:predict", json={"instances": rows[:1]}, timeout=60).is_success
+    wait_for(lambda: metric(f"{plane.url}/metrics", PLANE_PAYLOAD_EVENTS_DELIVERED_TOTAL) - first == 2, 30, "warm-up")
     discarded_before = metric(f"{plane.url}/drift/metrics", DRIFT_PENDING_DISCARDED_TOTAL, reason="error_response")
     expired_before = metric(f"{plane.url}/drift/metrics", DRIFT_PENDING_DISCARDED_TOTAL, reason="expired")
     delivered_before = metric(f"{plane.url}/metrics", PLANE_PAYLOAD_EVENTS_DELIVERED_TOTAL)

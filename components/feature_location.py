@@ -64,14 +64,13 @@ def check(location: str | Path) -> None:
         postgres_connection(str(location))
 
 
-def postgres_config(uri: str):
-    """Feast's RepoConfig with the registry, the offline and the online store in the database at `uri`."""
-    from feast.repo_config import RepoConfig
+def sqlalchemy_url(uri: str) -> str:
+    """The database at `uri` as a SQLAlchemy URL on psycopg (Feast's SQL registry, the outcome ledger)."""
     from sqlalchemy.engine import URL
 
     connection = postgres_connection(uri)
     password = urlsplit(uri).password
-    registry = URL.create(
+    return URL.create(
         "postgresql+psycopg",
         username=connection["user"],
         password=unquote(password) if password is not None else None,  # else libpq reads PGPASSWORD
@@ -79,13 +78,20 @@ def postgres_config(uri: str):
         port=connection["port"],
         database=connection["database"],
         query={"sslmode": connection["sslmode"]},
-    )
+    ).render_as_string(hide_password=False)
+
+
+def postgres_config(uri: str):
+    """Feast's RepoConfig with the registry, the offline and the online store in the database at `uri`."""
+    from feast.repo_config import RepoConfig
+
+    connection = postgres_connection(uri)
     return RepoConfig(
         project="shepherd",
         provider="local",
         registry={
             "registry_type": "sql",
-            "path": registry.render_as_string(hide_password=False),
+            "path": sqlalchemy_url(uri),
             "cache_ttl_seconds": 60,
         },
         online_store=connection,

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from components.errors import ShepherdError
-from components.feature_location import is_postgres, postgres_connection
+from components.feature_location import is_postgres, sqlalchemy_url
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -187,22 +187,8 @@ def _timestamp(value: object) -> float | None:
 
 def ledger_url(feature_repo: str | Path) -> str:
     """The SQLAlchemy URL of the ledger that lives with `feature_repo`."""
-    from sqlalchemy.engine import URL
-
     if is_postgres(feature_repo):
-        from urllib.parse import unquote, urlsplit
-
-        connection = postgres_connection(str(feature_repo))
-        password = urlsplit(str(feature_repo)).password
-        return URL.create(
-            "postgresql+psycopg",
-            username=connection["user"],
-            password=unquote(password) if password is not None else None,  # else libpq reads PGPASSWORD
-            host=connection["host"],
-            port=connection["port"],
-            database=connection["database"],
-            query={"sslmode": connection["sslmode"]},
-        ).render_as_string(hide_password=False)
+        return sqlalchemy_url(str(feature_repo))
     data = Path(feature_repo) / "data"
     data.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{data / LEDGER_FILE}"

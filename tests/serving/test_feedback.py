@@ -96,24 +96,10 @@ def test_ids_round_trip_from_v1_and_v2_predictions_to_recorded_labels(plane, row
 
     labels = tmp_path / "labels.csv"  # as an ML engineer would export them
     labels.write_text("id,label\n" + "".join(f"{i},{n % 2}\n" for n, i in enumerate(v2_ids)))
-    sent = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "feedback", "churn", str(labels)],
-        cwd=REPO,
-        env={**os.environ, "SHEPHERD_HOME": str(plane.home), "COLUMNS": "200"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    sent = _cli(plane, "feedback", "churn", str(labels))
     assert sent.returncode == 0, sent.stdout + sent.stderr
     assert "3 label(s) recorded for churn" in sent.stdout
-    again = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "feedback", "churn", str(labels)],
-        cwd=REPO,
-        env={**os.environ, "SHEPHERD_HOME": str(plane.home), "COLUMNS": "200"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    again = _cli(plane, "feedback", "churn", str(labels))
     assert again.returncode == 0 and "0 label(s) recorded for churn, 3 already recorded" in again.stdout
     assert _quality(plane)["labels"] == before["labels"] + 7
 
@@ -186,14 +172,7 @@ def test_bad_feedback_is_a_4xx_naming_the_field_and_records_nothing(plane, rows)
 def test_the_cli_names_the_bad_rows_and_exits_with_the_feedback_code(plane, tmp_path):
     labels = tmp_path / "labels.jsonl"
     labels.write_text('{"id": "never-answered-0", "label": "Yes"}\n')
-    sent = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "feedback", "churn", str(labels)],
-        cwd=REPO,
-        env={**os.environ, "SHEPHERD_HOME": str(plane.home), "COLUMNS": "200"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    sent = _cli(plane, "feedback", "churn", str(labels))
     said = sent.stdout + sent.stderr
     assert sent.returncode == 10, said
     assert "labels[0].id: no prediction of 'churn' for id 'never-answered-0'" in said

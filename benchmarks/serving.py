@@ -125,14 +125,20 @@ def wrk(url: str, body: str, seconds: int, workdir: Path, warm_up: bool, connect
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def wrk_arguments(description: str) -> argparse.Namespace:
+    """The options of a wrk-driven benchmark (--output, --seconds, --rounds); exits when wrk is missing."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md")
     parser.add_argument("--seconds", type=int, default=6, help="length of one wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median round is reported")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk")
+    return args
+
+
+def main() -> None:
+    args = wrk_arguments(__doc__)
 
     import joblib
     import mlflow

@@ -157,5 +157,13 @@ def recent_holdout_mask(timestamps: pd.Series, keys: pd.Series, fraction: float,
 
 
 def labels(frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
-    """The target as 0/1, positive class = 1."""
-    return (frame[spec.target.column].astype(str) == spec.target.positive).to_numpy(dtype=int)
+    """The target as the model learns it: binary 0/1 (positive class = 1), multiclass the index of each
+    value in `target.classes` (-1 for a value not listed: validation refuses those first), regression the
+    numbers as float."""
+    column = frame[spec.target.column]
+    if spec.task == "regression":
+        return pd.to_numeric(column, errors="coerce").to_numpy(dtype=float)
+    if spec.task == "multiclass":
+        index = {name: i for i, name in enumerate(spec.target.classes)}
+        return column.astype(str).map(index).fillna(-1).to_numpy(dtype=int)
+    return (column.astype(str) == spec.target.positive).to_numpy(dtype=int)

@@ -15,9 +15,10 @@ from kfp import dsl
 
 from components.adapter import step
 from components.data import labels
-from components.metrics import classification_metrics
-from components.spec import EVENT_TIMESTAMP, HIGHER_IS_BETTER, ModelSpec
-from components.train import predict_positive, split
+from components.metrics import task_metrics
+from components.model_output import predict
+from components.spec import EVENT_TIMESTAMP, ModelSpec, higher_is_better
+from components.train import split
 
 
 @dataclass
@@ -47,15 +48,46 @@ class Verdict:
         return "reject: " + "; ".join(self.failed)
 
 
-def fairness_gap(spec: ModelSpec, holdout: pd.DataFrame, proba: np.ndarray) -> float:
-    """The spec's fairlearn metric across the groups of its fairness attribute."""
+def fairness_gap(spec: ModelSpec, holdout: pd.DataFrame, predictions: np.ndarray) -> float:
+    """The spec's fairness metric across the groups of its fairness attribute: a fairlearn metric for a
+    binary task; for the others the largest between-group difference (fairlearn's `MetricFrame`) of the
+    MAE (regression), the accuracy, or each class's recall, the largest of them (multiclass)."""
     from fairlearn import metrics as fairlearn_metrics
 
     rule = spec.evaluation.fairness
-    metric = getattr(fairlearn_metrics, rule.metric)
-    predicted = (proba >= spec.evaluation.decision_threshold).astype(int)
     groups = holdout[rule.attribute].astype(str).fillna("<missing>")
-    return float(metric(labels(holdout, spec), predicted, sensitive_features=groups))
+    y = labels(holdout, spec)
+    if spec.task == "binary":
+        metric = getattr(fairlearn_metrics, rule.metric)
+        predicted = (predictions >= spec.evaluation.decision_threshold).astype(int)
+        return float(metric(y, predicted, sensitive_features=groups))
+    if spec.task == "regression":
+        from sklearn.metrics import mean_absolute_error
+
+        frame = fairlearn_metrics.MetricFrame(
+            metrics=mean_absolute_error, y_true=y, y_pred=predictions, sensitive_features=groups
+        )
+        return float(frame.difference())
+    from sklearn.metrics import accuracy_score, recall_score
+
+    chosen = np.asarray(predictions).argmax(axis=1)
+    if rule.metric == "accuracy_difference":
+        frame = fairlearn_metrics.MetricFrame(
+            metrics=accuracy_score, y_true=y, y_pred=chosen, sensitive_features=groups
+        )
+        return float(frame.difference())
+    gaps = []
+    for index in range(len(spec.target.classes)):
+        # One class's recall per group; groups without a row of the class have no recall and no gap.
+        def recall(y_true, y_pred, index=index):
+            hits = y_true == index
+            return recall_score(hits, y_pred == index, zero_division=np.nan) if hits.any() else np.nan
+
+        frame = fairlearn_metrics.MetricFrame(metrics=recall, y_true=y, y_pred=chosen, sensitive_features=groups)
+        by_group = frame.by_group.dropna()
+        if len(by_group) > 1:
+            gaps.append(float(by_group.max() - by_group.min()))
+    return max(gaps, default=0.0)
 
 
 def judge(
@@ -83,12 +115,12 @@ def judge(
     else:
         for metric, allowed in sorted(rules.max_regression.items()):
             worse_by = champion[metric] - challenger[metric]
-            if metric not in HIGHER_IS_BETTER:
+            if not higher_is_better(metric):
                 worse_by = -worse_by
             check(
                 worse_by <= allowed,
                 f"{metric} {challenger[metric]:.4f} vs champion v{champion_version} {champion[metric]:.4f}: "
-                f"{'worse' if worse_by > 0 else 'not worse'} by {max(worse_by, 0.0):.4f} "
+                f"{'worse' if worse_by > 0 else 'not worse'} by {max(worse_by, 0.0) + 0.0:.4f} "
                 f"({'within' if worse_by <= allowed else 'over'} the allowed {allowed:.4f})",
             )
     if rules.fairness is not None and gap is not None:
@@ -118,13 +150,12 @@ def evaluate(
 ) -> Verdict:
     """Score both models on the same holdout rows and judge the challenger."""
     y = labels(holdout, spec)
-    threshold = spec.evaluation.decision_threshold
-    proba = predict_positive(challenger_model, holdout, spec)
-    challenger = classification_metrics(y, proba, threshold)
+    predictions = predict(challenger_model, holdout, spec)
+    challenger = task_metrics(spec, y, predictions)
     champion = None
     if champion_model is not None:
-        champion = classification_metrics(y, predict_positive(champion_model, holdout, spec), threshold)
-    gap = fairness_gap(spec, holdout, proba) if spec.evaluation.fairness else None
+        champion = task_metrics(spec, y, predict(champion_model, holdout, spec))
+    gap = fairness_gap(spec, holdout, predictions) if spec.evaluation.fairness else None
     return judge(spec, challenger, champion, gap, champion_version)
 
 

@@ -100,11 +100,17 @@ def build_suite(spec: ModelSpec) -> gx.ExpectationSuite:
     target = spec.target
     add("exists", "column exists", gxe.ExpectColumnToExist(column=target.column))
     add("nulls", "no nulls", gxe.ExpectColumnValuesToNotBeNull(column=target.column))
-    add(
-        "labels",
-        f"values in {[target.positive, target.negative]}",
-        gxe.ExpectColumnValuesToBeInSet(column=target.column, value_set=[target.positive, target.negative]),
-    )
+    if spec.task == "regression":
+        add("type", "numeric values", ExpectColumnValuesToBeNumeric(column=target.column))
+        if target.min is not None or target.max is not None:
+            add(
+                "range",
+                _range_text(target.min, target.max),
+                gxe.ExpectColumnValuesToBeBetween(column=target.column, min_value=target.min, max_value=target.max),
+            )
+    else:
+        allowed = target.classes or [target.positive, target.negative]
+        add("labels", f"values in {allowed}", gxe.ExpectColumnValuesToBeInSet(column=target.column, value_set=allowed))
 
     key = spec.entity.key
     add("exists", "column exists", gxe.ExpectColumnToExist(column=key))

@@ -1,4 +1,4 @@
-"""Classification metrics the evaluate gates speak in (names listed in `components.spec.METRICS`)."""
+"""The metrics the evaluate gates speak in, per task (names listed in `components.spec.TASK_METRICS`)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,16 @@ from sklearn.metrics import (
     brier_score_loss,
     f1_score,
     log_loss,
+    mean_absolute_error,
+    mean_absolute_percentage_error,
     precision_score,
+    r2_score,
     recall_score,
     roc_auc_score,
+    root_mean_squared_error,
 )
+
+from components.spec import CLASS_RECALL, ModelSpec, class_metric_name
 
 CALIBRATION_BINS = 10
 
@@ -46,3 +52,51 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, threshold: flo
         "brier": float(brier_score_loss(y_true, proba)),
         "ece": expected_calibration_error(y_true, proba),
     }
+
+
+def multiclass_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict[str, float]:
+    """Accuracy, macro F1, balanced accuracy, log loss and `recall.<class>` per class, for class indices
+    `y_true` and per-class probabilities `proba` (one column per class of `classes`, in that order). A
+    class absent from `y_true` has no recall (NaN)."""
+    proba = np.asarray(proba, dtype=float)
+    metrics = class_choice_metrics(y_true, proba.argmax(axis=1), classes)
+    metrics["log_loss"] = float(log_loss(y_true, np.clip(proba, 1e-15, 1.0), labels=list(range(len(classes)))))
+    return metrics
+
+
+def class_choice_metrics(y_true: np.ndarray, predicted: np.ndarray, classes: list[str]) -> dict[str, float]:
+    """The multiclass metrics that need only the predicted classes (indices): all but the log loss."""
+    y_true, predicted = np.asarray(y_true, dtype=int), np.asarray(predicted, dtype=int)
+    indices = list(range(len(classes)))
+    recalls = recall_score(y_true, predicted, labels=indices, average=None, zero_division=0)
+    present = np.isin(indices, y_true)
+    metrics = {
+        "accuracy": float(accuracy_score(y_true, predicted)),
+        "macro_f1": float(f1_score(y_true, predicted, labels=indices, average="macro", zero_division=0)),
+        "balanced_accuracy": float(recalls[present].mean()) if present.any() else math.nan,
+    }
+    for index, name in enumerate(classes):
+        metrics[CLASS_RECALL + class_metric_name(name)] = float(recalls[index]) if present[index] else math.nan
+    return metrics
+
+
+def regression_metrics(y_true: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """RMSE, MAE, R² and MAPE (NaN where a true value is 0: undefined there) for predicted values."""
+    y_true = np.asarray(y_true, dtype=float)
+    predicted = np.asarray(predicted, dtype=float)
+    return {
+        "rmse": float(root_mean_squared_error(y_true, predicted)),
+        "mae": float(mean_absolute_error(y_true, predicted)),
+        "r2": float(r2_score(y_true, predicted)) if len(y_true) > 1 else math.nan,
+        "mape": float(mean_absolute_percentage_error(y_true, predicted)) if np.all(y_true != 0) else math.nan,
+    }
+
+
+def task_metrics(spec: ModelSpec, y_true: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+    """Every metric of the spec's task for `predictions` as `components.train.predict` gives them
+    (binary: positive-class probabilities; multiclass: per-class probabilities; regression: values)."""
+    if spec.task == "binary":
+        return classification_metrics(y_true, predictions, spec.evaluation.decision_threshold)
+    if spec.task == "multiclass":
+        return multiclass_metrics(y_true, predictions, spec.target.classes)
+    return regression_metrics(y_true, predictions)

@@ -76,14 +76,48 @@ class Feedback:
 
 @dataclass(frozen=True)
 class TargetValues:
-    """The values a label may take: the spec's target values; 1/true and 0/false stand for them."""
+    """The values a label may take, per task: binary the spec's two values (1/true and 0/false stand for
+    them), multiclass one of the listed classes, regression a finite number (within min..max if given)."""
 
     column: str
-    positive: str
-    negative: str
+    positive: str | None = None
+    negative: str | None = None
+    classes: tuple[str, ...] | None = None
+    numeric: bool = False
+    min: float | None = None
+    max: float | None = None
+
+    @classmethod
+    def of(cls, spec) -> TargetValues:
+        """The values a label of a model trained from `spec` may take."""
+        target = spec.target
+        if spec.task == "regression":
+            return cls(target.column, numeric=True, min=target.min, max=target.max)
+        if spec.task == "multiclass":
+            return cls(target.column, classes=tuple(target.classes))
+        return cls(target.column, target.positive, target.negative)
+
+    @property
+    def expected(self) -> str:
+        """The values allowed, in words (for an error message)."""
+        if self.numeric:
+            low = "" if self.min is None else f" >= {self.min:g}"
+            high = "" if self.max is None else f" <= {self.max:g}"
+            return "a number" + (f"{low}{' and' if low and high else ''}{high}" if low or high else "")
+        if self.classes is not None:
+            return f"one of {list(self.classes)}"
+        return f"{self.positive!r} or {self.negative!r} (or 1/0, true/false)"
 
     def normalise(self, value: object) -> str | None:
-        """The target's own value for `value`, or None if it is not one."""
+        """The target's own value for `value` (a number's canonical text for regression), or None if it is
+        not one."""
+        if self.numeric:
+            return self._number(value)
+        if self.classes is not None:
+            text = value if isinstance(value, str) else None
+            if isinstance(value, int) and not isinstance(value, bool):
+                text = str(value)  # a class named "3" sent as the number 3
+            return text if text in self.classes else None
         if isinstance(value, bool):
             return self.positive if value else self.negative
         if isinstance(value, int | float) and not isinstance(value, bool) and value in (0, 1):
@@ -97,6 +131,19 @@ class TargetValues:
             if lowered in ("0", "false"):
                 return self.negative
         return None
+
+    def _number(self, value: object) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            return None
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+        if not math.isfinite(number):
+            return None
+        if (self.min is not None and number < self.min) or (self.max is not None and number > self.max):
+            return None
+        return repr(number)
 
 
 @dataclass(frozen=True)
@@ -331,7 +378,7 @@ class OutcomeLedger:
             if value is None:
                 errors.append(
                     f"{where}.label: {item.label!r} is not a value of the target {target.column!r}; "
-                    f"expected {target.positive!r} or {target.negative!r} (or 1/0, true/false)"
+                    f"expected {target.expected}"
                 )
                 continue
             earlier = wanted.get(prediction_id)

@@ -47,7 +47,8 @@ def model_card(spec: ModelSpec, version: str, alias: str, verdict: Verdict, tags
 
 - **Verdict**: {"promoted" if verdict.promote else "rejected"}{f" (alias `{alias}`)" if alias else ""}
 - **Algorithm**: {spec.training.estimator_name} with {json.dumps(spec.training.params)}
-- **Target**: `{spec.target.column}` (positive: `{spec.target.positive}`)
+- **Task**: {spec.task}
+- **Target**: `{spec.target.column}` ({_target_text(spec)})
 - **Features**: {features}
 
 ## Holdout metrics
@@ -64,6 +65,19 @@ def model_card(spec: ModelSpec, version: str, alias: str, verdict: Verdict, tags
 
 {lineage}
 """
+
+
+def _target_text(spec: ModelSpec) -> str:
+    target = spec.target
+    if spec.task == "binary":
+        return f"positive: `{target.positive}`, negative: `{target.negative}`"
+    if spec.task == "multiclass":
+        return "classes: " + ", ".join(f"`{c}`" for c in target.classes)
+    bounds = [
+        f"min {target.min:g}" if target.min is not None else "",
+        f"max {target.max:g}" if target.max is not None else "",
+    ]
+    return "a number" + (f", {', '.join(b for b in bounds if b)}" if any(bounds) else "")
 
 
 def register_version(spec: ModelSpec, tracking_uri: str, run_id: str, model_uri: str, verdict: Verdict) -> Registered:

@@ -35,6 +35,7 @@ TAG_MODEL_SHA256 = "shepherd.model_sha256"
 TAG_SERVING_FORMAT = "shepherd.serving_format"  # onnx | sklearn
 TAG_ONNX_SHA256 = "shepherd.onnx_sha256"
 TAG_ONNX_NOTE = "shepherd.onnx_note"  # parity figure, or why the model is served by scikit-learn
+TAG_SCORE_BUCKETS = "shepherd.score_buckets"  # regression: JSON deciles of the training target (histogram buckets)
 TAG_MODEL_URI = "shepherd.model_uri"  # on the training run: the logged model it produced
 
 MODEL_ARTIFACT = "model"

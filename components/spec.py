@@ -27,10 +27,32 @@ from pydantic import (
 
 from components.errors import SpecError
 
-# Metrics the evaluate step computes; thresholds may name only these.
-HIGHER_IS_BETTER = frozenset({"roc_auc", "f1", "accuracy", "precision", "recall"})
-LOWER_IS_BETTER = frozenset({"log_loss", "brier", "ece"})
+Task = Literal["binary", "multiclass", "regression"]
+# Metrics the evaluate step computes per task; thresholds may name only these. A multiclass task also has
+# `recall.<class>` per class of `target.classes` (see `metric_names`).
+TASK_METRICS = {
+    "binary": ("roc_auc", "f1", "accuracy", "precision", "recall", "log_loss", "brier", "ece"),
+    "multiclass": ("accuracy", "macro_f1", "balanced_accuracy", "log_loss"),
+    "regression": ("rmse", "mae", "r2", "mape"),
+}
+HIGHER_IS_BETTER = frozenset(
+    {"roc_auc", "f1", "accuracy", "precision", "recall", "macro_f1", "balanced_accuracy", "r2"}
+)
+LOWER_IS_BETTER = frozenset({"log_loss", "brier", "ece", "rmse", "mae", "mape"})
 METRICS = HIGHER_IS_BETTER | LOWER_IS_BETTER
+CLASS_RECALL = "recall."  # prefix of a multiclass task's per-class recall metrics
+
+
+def higher_is_better(metric: str) -> bool:
+    """True for a metric where more is better (per-class recall included)."""
+    return metric in HIGHER_IS_BETTER or metric.startswith(CLASS_RECALL)
+
+
+def class_metric_name(value: str) -> str:
+    """A class's name as MLflow accepts it inside a metric name (letters, digits, `_-. /`)."""
+    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", value)
+
+
 DNS_LABEL = r"^[a-z]([-a-z0-9]{0,40}[a-z0-9])?$"
 
 
@@ -101,11 +123,55 @@ class Feature(_Strict):
 
 
 class Target(_Strict):
-    """The label column and which of its values is the positive class."""
+    """The label column and the values it may take, per task: binary names its `positive` and `negative`
+    values, multiclass lists its `classes` (the order of the served probabilities), regression is a number
+    with an optional `min`/`max` range."""
 
     column: str
-    positive: str
-    negative: str
+    positive: str | None = None
+    negative: str | None = None
+    classes: list[str] | None = None
+    min: float | None = None
+    max: float | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unused_rules(self, handler):
+        # Rules another task uses are left out: a binary spec dumps (and fingerprints) as it did before tasks.
+        return {key: value for key, value in handler(self).items() if value is not None}
+
+    def check(self, task: str) -> None:
+        """Raise ValueError naming the rule the task needs or does not take."""
+        given = {k for k in ("positive", "negative", "classes", "min", "max") if getattr(self, k) is not None}
+        needs = {"binary": {"positive", "negative"}, "multiclass": {"classes"}, "regression": set()}[task]
+        takes = {"binary": needs, "multiclass": needs, "regression": {"min", "max"}}[task]
+        missing, extra = sorted(needs - given), sorted(given - takes)
+        if missing:
+            raise ValueError(f"target: a {task} task needs {' and '.join(missing)}")
+        if extra:
+            raise ValueError(f"target: {', '.join(extra)} do not apply to a {task} task")
+        if task == "binary" and self.positive == self.negative:
+            raise ValueError(f"target: positive and negative are both {self.positive!r}")
+        if task == "multiclass":
+            if len(self.classes) < 3:
+                raise ValueError(f"target.classes: a multiclass task needs 3 or more classes, got {self.classes}")
+            dupes = sorted({c for c in self.classes if self.classes.count(c) > 1})
+            if dupes:
+                raise ValueError(f"target.classes: listed twice: {dupes}")
+            if any(not c for c in self.classes):
+                raise ValueError("target.classes: a class name may not be empty")
+            named = [class_metric_name(c) for c in self.classes]
+            if len(set(named)) < len(named):
+                raise ValueError(
+                    f"target.classes: {self.classes} give the same per-class metric name twice ({named}): "
+                    "class names differ in more than characters outside letters, digits and `_-. /`"
+                )
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"target: min {self.min} is above max {self.max}")
+
+    @property
+    def values(self) -> list[str]:
+        """The values a classification target takes, in the order of the model's probability columns."""
+        return list(self.classes) if self.classes is not None else [self.negative, self.positive]
 
 
 class Validation(_Strict):
@@ -116,18 +182,25 @@ class Validation(_Strict):
 
 
 IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
-BUILT_IN_ALGORITHMS = ("logistic_regression", "hist_gradient_boosting", "random_forest")
+BUILT_IN_ALGORITHMS = {
+    "binary": ("logistic_regression", "hist_gradient_boosting", "random_forest"),
+    "multiclass": ("logistic_regression", "hist_gradient_boosting", "random_forest"),
+    "regression": ("linear_regression", "hist_gradient_boosting", "random_forest"),
+}
 
 
 class Training(_Strict):
     """How the model is trained: a built-in algorithm or the ML engineer's own estimator, its parameters,
     the holdout and the seed."""
 
-    algorithm: Literal["logistic_regression", "hist_gradient_boosting", "random_forest"] | None = None
+    algorithm: Literal["logistic_regression", "linear_regression", "hist_gradient_boosting", "random_forest"] | None = (
+        None
+    )
     estimator: str | None = Field(
         None,
         description='your own estimator, "package.module:Class": any scikit-learn-compatible classifier with '
-        "predict_proba (e.g. xgboost:XGBClassifier, lightgbm:LGBMClassifier), importable where the pipeline runs",
+        "predict_proba (e.g. xgboost:XGBClassifier, lightgbm:LGBMClassifier) or regressor (a regression task, "
+        "e.g. xgboost:XGBRegressor), importable where the pipeline runs",
     )
     params: dict[str, Any] = Field(default_factory=dict)
     holdout_fraction: float = Field(0.2, ge=0.05, le=0.5)
@@ -143,7 +216,8 @@ class Training(_Strict):
     def _one_estimator(self) -> Training:
         if (self.algorithm is None) == (self.estimator is None):
             raise ValueError(
-                f"give either algorithm (one of {list(BUILT_IN_ALGORITHMS)}) or estimator "
+                f"give either algorithm (one of {sorted(set().union(*BUILT_IN_ALGORITHMS.values()))}) "
+                "or estimator "
                 '("package.module:Class", e.g. "xgboost:XGBClassifier"), '
                 + ("not both" if self.algorithm else "none is given")
             )
@@ -172,12 +246,27 @@ class Training(_Strict):
         return self.algorithm or self.estimator
 
 
+FAIRNESS_METRICS = {
+    "binary": ("demographic_parity_difference", "equalized_odds_difference"),
+    "multiclass": ("class_recall_difference", "accuracy_difference"),
+    "regression": ("mae_difference",),
+}
+
+
 class Fairness(_Strict):
-    """The largest allowed gap of a fairlearn metric across the groups of one feature."""
+    """The largest allowed gap of a fairlearn metric across the groups of one feature: per task, binary
+    demographic_parity_difference or equalized_odds_difference; multiclass class_recall_difference (the
+    largest recall gap of any class) or accuracy_difference; regression mae_difference (in target units)."""
 
     attribute: str
-    metric: Literal["demographic_parity_difference", "equalized_odds_difference"]
-    max_gap: float = Field(ge=0.0, le=1.0)
+    metric: Literal[
+        "demographic_parity_difference",
+        "equalized_odds_difference",
+        "class_recall_difference",
+        "accuracy_difference",
+        "mae_difference",
+    ]
+    max_gap: float = Field(ge=0.0)
 
 
 class Evaluation(_Strict):
@@ -188,14 +277,6 @@ class Evaluation(_Strict):
     max_regression: dict[str, float] = Field(default_factory=dict)
     fairness: Fairness | None = None
     decision_threshold: float = Field(0.5, gt=0.0, lt=1.0)
-
-    @field_validator("minimum", "maximum", "max_regression")
-    @classmethod
-    def _known_metrics(cls, value: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(value) - METRICS)
-        if unknown:
-            raise ValueError(f"unknown metric(s) {unknown}; expected some of {sorted(METRICS)}")
-        return value
 
 
 class Range(_Strict):
@@ -235,13 +316,9 @@ class QualityGate(_Strict):
 
     @field_validator("max_regression")
     @classmethod
-    def _known_metrics(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        if value is not None:
-            unknown = sorted(set(value) - METRICS)
-            if unknown:
-                raise ValueError(f"unknown metric(s) {unknown}; expected some of {sorted(METRICS)}")
-            if not value:
-                raise ValueError("name at least one metric, or leave max_regression out")
+    def _some_metric(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is not None and not value:
+            raise ValueError("name at least one metric, or leave max_regression out")
         return value
 
 
@@ -281,6 +358,7 @@ class ModelSpec(_Strict):
 
     name: str = Field(pattern=DNS_LABEL, description="registered model and InferenceService name")
     description: str = ""
+    task: Task = Field("binary", description="binary or multiclass classification, or regression")
     source: Source
     entity: Entity
     features: list[Feature] = Field(min_length=1)
@@ -307,7 +385,61 @@ class ModelSpec(_Strict):
             )
         if self.evaluation.fairness and self.evaluation.fairness.attribute not in names:
             raise ValueError(f"evaluation.fairness.attribute {self.evaluation.fairness.attribute!r} is not a feature")
+        self._rules_fit_task()
         return self
+
+    def _rules_fit_task(self) -> None:
+        task = self.task
+        self.target.check(task)
+        algorithm = self.training.algorithm
+        if algorithm is not None and algorithm not in BUILT_IN_ALGORITHMS[task]:
+            raise ValueError(
+                f"training.algorithm: {algorithm} does not fit a {task} task; one of {list(BUILT_IN_ALGORITHMS[task])}"
+            )
+        known = self.metric_names
+        rules = self.evaluation
+        gate = self.deployment.quality_gate
+        for where, named in (
+            ("evaluation.minimum", rules.minimum),
+            ("evaluation.maximum", rules.maximum),
+            ("evaluation.max_regression", rules.max_regression),
+            ("deployment.quality_gate.max_regression", (gate.max_regression if gate else None) or {}),
+        ):
+            unknown = sorted(set(named) - set(known))
+            if unknown:
+                raise ValueError(f"{where}: unknown metric(s) {unknown} for a {task} task; expected some of {known}")
+        live = (gate.max_regression or rules.max_regression) if gate else {}
+        if task == "multiclass" and "log_loss" in live:
+            raise ValueError(
+                "deployment.quality_gate.max_regression: log_loss is not measured live for a multiclass task (the "
+                "outcome ledger keeps the predicted class, not the probabilities); name accuracy, macro_f1, "
+                "balanced_accuracy or recall.<class>"
+            )
+        if rules.fairness is not None and rules.fairness.metric not in FAIRNESS_METRICS[task]:
+            raise ValueError(
+                f"evaluation.fairness.metric: {rules.fairness.metric} does not fit a {task} task; "
+                f"one of {list(FAIRNESS_METRICS[task])}"
+            )
+
+    @model_serializer(mode="wrap")
+    def _binary_by_default(self, handler):
+        # A binary spec dumps (and fingerprints) as it did before tasks existed.
+        dumped = handler(self)
+        if dumped.get("task") == "binary":
+            del dumped["task"]
+        return dumped
+
+    @property
+    def metric_names(self) -> list[str]:
+        """The metrics this spec's task computes (and its gates may name)."""
+        names = list(TASK_METRICS[self.task])
+        if self.task == "multiclass":
+            names += [CLASS_RECALL + class_metric_name(c) for c in self.target.classes]
+        return names
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.task != "regression"
 
     # Derived views used by several steps.
     @property

@@ -381,7 +381,8 @@ MODEL_HEALTH = Dashboard(
                 ),
                 Panel(
                     "Canary predictions vs champion (prediction_psi gate)",
-                    "PSI between the canary's predicted probabilities and the champion's on the same traffic: "
+                    "PSI between the canary's predictions and the champion's on the same traffic (the "
+                    "positive-class probability, the predicted class or the predicted value, per task): "
                     "what the prediction_psi gate and ShepherdCanaryDrift compare. Near 0: the two models agree "
                     "on this population. Above the dashed line (the default gate, "
                     f"{_GATES.prediction_psi.max:g}) the canary is rolled back, even if its error rate and "
@@ -420,7 +421,7 @@ MODEL_HEALTH = Dashboard(
                 Panel(
                     "Per-feature drift score (top 10)",
                     "Which features drive the drift: the ten highest scores per feature and reference ("
-                    f"`{PREDICTION_FEATURE}` is the predicted probability). {_PSI_NOTE} Check a drifting "
+                    f"`{PREDICTION_FEATURE}` is the prediction's score). {_PSI_NOTE} Check a drifting "
                     "feature's upstream source and recent changes before blaming the model.",
                     "none",
                     (
@@ -512,6 +513,30 @@ MODEL_HEALTH = Dashboard(
                     overrides=(_bound_line(".* maximum"),),
                 ),
                 Panel(
+                    "Live quality by revision: multiclass and regression (share metrics)",
+                    "Multiclass: accuracy, macro F1, balanced accuracy and each class's recall (recall.<class>) "
+                    "of the predicted classes; regression: R² and MAPE; on the latest labelled predictions. A "
+                    "champion below its evaluation.minimum (or above its maximum) for "
+                    f"{CHAMPION_QUALITY_FOR} is retrained, as for a binary model. {RUNBOOK_NOTE}",
+                    "none",
+                    (
+                        Query(
+                            f'{QUALITY}{{{MODEL}, metric=~"accuracy|macro_f1|balanced_accuracy|recall[.].+|r2|mape"}}',
+                            "{{model}} v{{version}} {{role}} {{metric}}",
+                        ),
+                    ),
+                    width=12,
+                ),
+                Panel(
+                    "Live error by revision: regression (target units)",
+                    "RMSE and MAE of the predicted values on the latest labelled predictions, in the target's "
+                    "units (e.g. dollars). A rise on the champion with a flat drift share: the relation between "
+                    "inputs and target changed (concept drift), retraining on fresh labels is the fix.",
+                    "short",
+                    (Query(f'{QUALITY}{{{MODEL}, metric=~"rmse|mae"}}', "{{model}} v{{version}} {{role}} {{metric}}"),),
+                    width=12,
+                ),
+                Panel(
                     "Labelled predictions in the quality window",
                     "Predictions with a label fed back, per revision, in its quality window (the latest "
                     "labelled predictions, 1000 by default: the drift service's --quality-window). Below the "
@@ -558,8 +583,10 @@ MODEL_HEALTH = Dashboard(
             (
                 Panel(
                     "Prediction score distribution",
-                    "How many rows got each predicted probability of the positive class (all selected "
-                    "models' revisions together). A shift of mass between buckets without a change in the "
+                    "How many rows got each prediction score (all selected models' revisions together): the "
+                    "positive-class probability (binary), the predicted class's index in target.classes "
+                    "(multiclass: one bucket per class), the predicted value (regression: buckets at the "
+                    "training target's deciles). A shift of mass between buckets without a change in the "
                     "inputs' drift is a model change; with it, the world changed.",
                     "short",
                     (
@@ -573,17 +600,18 @@ MODEL_HEALTH = Dashboard(
                     width=12,
                     options={
                         "calculate": False,
-                        "yAxis": {"axisLabel": "predicted probability (bucket upper bound)"},
+                        "yAxis": {"axisLabel": "prediction score (bucket upper bound)"},
                         "cellGap": 1,
                         "color": {"mode": "scheme", "scheme": "Blues"},
                     },
                 ),
                 Panel(
-                    "Mean predicted probability by revision",
-                    "Average positive-class probability per revision. Canary and champion see the same "
-                    "population (the split is random), so a gap between them is the models disagreeing; a "
-                    "move of both together is the population changing.",
-                    "percentunit",
+                    "Mean prediction score by revision",
+                    "Average score per revision: the positive-class probability (binary), the predicted value "
+                    "(regression). Canary and champion see the same population (the split is random), so a "
+                    "gap between them is the models disagreeing; a move of both together is the population "
+                    "changing.",
+                    "none",
                     (
                         Query(
                             f"sum by ({BY_REVISION}) (rate({PREDICTION_SCORE}_sum{{{MODEL}}}[{RATE}]))\n"
@@ -595,10 +623,10 @@ MODEL_HEALTH = Dashboard(
                 ),
                 Panel(
                     "Score quantiles by revision",
-                    "10th, 50th and 90th percentile of the predicted probability per revision (interpolated "
-                    "within 0.1-wide buckets). A collapsed band (p10 close to p90) means the model has "
-                    "stopped discriminating.",
-                    "percentunit",
+                    "10th, 50th and 90th percentile of the prediction score per revision (interpolated "
+                    "within its buckets: 0.1 wide for probabilities, the training deciles for values). A "
+                    "collapsed band (p10 close to p90) means the model has stopped discriminating.",
+                    "none",
                     tuple(
                         Query(
                             f"histogram_quantile({q}, sum by ({BY_REVISION}, le) "

@@ -56,6 +56,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pandas as pd
 
@@ -343,17 +344,41 @@ def _scalar_rows(rows: list[dict], where: str) -> list[dict]:
 
 
 def scores_from_response(body: object) -> list[float]:
-    """Predicted probabilities from a V1 (`predictions`) or V2 (`outputs`) response body."""
+    """The score of each answered row (`components.model_output.Answers.score`) from a V1 (`predictions`)
+    or V2 (`outputs`) response body, whatever the task: the positive-class `probability` (binary), the
+    predicted `value` (regression), or the index of the predicted class in `probabilities` (multiclass:
+    V1 an object in the order of target.classes, V2 a [rows, classes] tensor)."""
     if isinstance(body, dict) and isinstance(body.get("predictions"), list):
-        out = []
-        for p in body["predictions"]:
-            out.append(float(p["probability"]) if isinstance(p, dict) else float(p))
-        return out
+        return [_v1_score(p, i) for i, p in enumerate(body["predictions"])]
     if isinstance(body, dict) and isinstance(body.get("outputs"), list):
-        for tensor in body["outputs"]:
-            if tensor.get("name") == "probability":
-                return [float(v) for v in tensor.get("data") or []]
-    raise BadEvent("body: a response needs 'predictions' (V1) or an 'outputs' tensor named 'probability' (V2)")
+        tensors = {t.get("name"): t for t in body["outputs"] if isinstance(t, dict)}
+        for name in ("probability", "value"):
+            if name in tensors:
+                return [float(v) for v in tensors[name].get("data") or []]
+        if "probabilities" in tensors:
+            tensor = tensors["probabilities"]
+            shape = tensor.get("shape") or []
+            if len(shape) != 2 or not shape[1]:
+                raise BadEvent(f"outputs[probabilities].shape: expected [rows, classes], got {shape}")
+            rows = np.asarray(tensor.get("data") or [], dtype=float).reshape(-1, int(shape[1]))
+            return rows.argmax(axis=1).astype(float).tolist()
+    raise BadEvent(
+        "body: a response needs 'predictions' (V1) or an 'outputs' tensor named 'probability', 'value' or "
+        "'probabilities' (V2)"
+    )
+
+
+def _v1_score(prediction: object, row: int) -> float:
+    if not isinstance(prediction, dict):
+        return float(prediction)
+    for name in ("probability", "value"):
+        if name in prediction:
+            return float(prediction[name])
+    probabilities = prediction.get("probabilities")
+    if isinstance(probabilities, dict) and probabilities:
+        values = list(probabilities.values())
+        return float(values.index(max(values)))
+    raise BadEvent(f"body.predictions[{row}]: no 'probability', 'value' or 'probabilities'")
 
 
 @dataclass(frozen=True)
@@ -479,13 +504,9 @@ class ReferenceStore:
 
     def facts(self, model: str, version: str):
         """What live quality needs from the version's spec."""
-        from components.outcomes import TargetValues
         from monitoring.quality import SpecFacts
 
-        spec = self.spec(model, version)
-        target = TargetValues(spec.target.column, spec.target.positive, spec.target.negative)
-        rules = spec.evaluation
-        return SpecFacts(target, rules.decision_threshold, dict(rules.minimum), dict(rules.maximum))
+        return SpecFacts.of(self.spec(model, version))
 
     def _download_spec(self, model: str, version: str):
         from components import registry
@@ -772,9 +793,16 @@ class DriftService:
             results.append(self._compare(model, version, role, "training", frame, reference, features))
             champion = champions.get(model)
             if role == "canary" and champion is not None and len(champion) >= self.min_rows:
-                with_prediction = Features([*features.numerical, PREDICTION_COLUMN], features.categorical)
+                with_prediction = self._with_prediction(features, model, version)
                 results.append(self._compare(model, version, role, "champion", frame, champion, with_prediction))
         return results
+
+    def _with_prediction(self, features: Features, model: str, version: str) -> Features:
+        """The columns compared with the champion's window: the features and the prediction's score, a
+        category for a multiclass model (the predicted class), else a number."""
+        if self.references.spec(model, version).task == "multiclass":
+            return Features(features.numerical, [*features.categorical, PREDICTION_COLUMN])
+        return Features([*features.numerical, PREDICTION_COLUMN], features.categorical)
 
     def _compare(self, model, version, role, reference_name, frame, reference, features) -> DriftResult:
         found = psi_scores(frame, reference, features)
@@ -814,7 +842,7 @@ class DriftService:
         if reference == "champion":
             if role != "canary" or champion_frame is None or champion_frame.empty:
                 raise LookupError("the champion reference needs a canary window and a champion window")
-            features, base = Features([*features.numerical, PREDICTION_COLUMN], features.categorical), champion_frame
+            features, base = self._with_prediction(features, model, window.version), champion_frame
         else:
             base = training
         report = psi_report(frame, base, features)

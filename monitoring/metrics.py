@@ -81,7 +81,7 @@ ALERT_ACTIONS = ("rollback", "retrain", "none")
 
 # Sub-millisecond ONNX calls up to slow scikit-learn fallbacks.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-SCORE_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
+SCORE_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))  # probabilities (components.model_output)
 
 
 class BatchHistogram(Collector):
@@ -151,7 +151,8 @@ class PredictorMetrics:
     rows: Counter
 
     @classmethod
-    def create(cls, registry: CollectorRegistry) -> PredictorMetrics:
+    def create(cls, registry: CollectorRegistry, score_buckets: tuple[float, ...] = SCORE_BUCKETS) -> PredictorMetrics:
+        """`score_buckets`: the served model's (components.model_output.score_buckets; probabilities by default)."""
         # prometheus-client appends `_total` to counters itself; names above are the exported ones.
         return cls(
             requests=Counter(
@@ -169,9 +170,10 @@ class PredictorMetrics:
             ),
             score=BatchHistogram(
                 PREDICTION_SCORE,
-                "Predicted probability of the positive class, per row.",
+                "Per row: the positive-class probability (binary), the predicted class's index in "
+                "target.classes (multiclass) or the predicted value (regression).",
                 LABELS,
-                buckets=SCORE_BUCKETS,
+                buckets=score_buckets,
                 registry=registry,
             ),
             rows=Counter(ROWS_TOTAL.removesuffix("_total"), "Rows scored.", LABELS, registry=registry),

@@ -23,15 +23,19 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Module level: FastAPI resolves the handlers' (string) annotations in this module's globals.
 from fastapi import Request
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy.exc import SQLAlchemyError
 
-from components.metrics import classification_metrics
+from components.metrics import class_choice_metrics, classification_metrics, regression_metrics
 from components.outcomes import FeedbackRejected, OutcomeLedger, TargetValues, parse_feedback
 from monitoring.metrics import (
     FEEDBACK_LABELS_TOTAL,
@@ -57,6 +61,11 @@ class SpecFacts:
     decision_threshold: float
     minimum: dict[str, float]
     maximum: dict[str, float]
+
+    @classmethod
+    def of(cls, spec) -> SpecFacts:
+        rules = spec.evaluation
+        return cls(TargetValues.of(spec), rules.decision_threshold, dict(rules.minimum), dict(rules.maximum))
 
 
 @dataclass(frozen=True)
@@ -94,6 +103,22 @@ def score_window(labels: np.ndarray, scores: np.ndarray, threshold: float) -> di
     metrics["positive_rate"] = float(labels.mean())
     metrics["predicted_positive_rate"] = float((scores >= threshold).mean())
     return metrics
+
+
+def live_metrics(facts: SpecFacts, labels: pd.Series, scores: np.ndarray) -> dict[str, float]:
+    """The live metrics of joined rows (labels as the ledger keeps them, scores as the predictor served
+    them), per task: binary `score_window`; multiclass the metrics of the predicted classes (accuracy,
+    macro F1, balanced accuracy, recall per class: the log loss needs probabilities the ledger does not
+    keep); regression RMSE, MAE, R², MAPE. A metric the window cannot define is absent."""
+    target = facts.target
+    if target.numeric:
+        metrics = regression_metrics(labels.astype(float).to_numpy(), scores)
+    elif target.classes is not None:
+        index = {name: i for i, name in enumerate(target.classes)}
+        metrics = class_choice_metrics(labels.map(index).to_numpy(dtype=int), scores, list(target.classes))
+    else:
+        return score_window((labels == target.positive).to_numpy(dtype=int), scores, facts.decision_threshold)
+    return {name: value for name, value in metrics.items() if math.isfinite(value)} if len(labels) else {}
 
 
 class QualityMonitor:
@@ -194,8 +219,7 @@ class QualityMonitor:
                 self._drop(model, role)
                 continue
             facts = self.spec_of(model, version)
-            y = (rows["label"] == facts.target.positive).to_numpy(dtype=int)
-            metrics = score_window(y, rows["score"].to_numpy(dtype=float), facts.decision_threshold)
+            metrics = live_metrics(facts, rows["label"], rows["score"].to_numpy(dtype=float))
             delay = float(np.median(rows["labelled_at"].to_numpy(float) - rows["predicted_at"].to_numpy(float)))
             result = RevisionQuality(
                 model, version, role, len(rows), metrics, max(delay, 0.0), now, dict(facts.minimum), dict(facts.maximum)

@@ -377,7 +377,7 @@ def canary_drift_alerts(
                     '(PSI {{ $value | printf "%.2f" }})'
                 ),
                 "description": (
-                    "The predicted probabilities of {{ $labels.model }} v{{ $labels.version }} (canary) differ "
+                    "The predictions of {{ $labels.model }} v{{ $labels.version }} (canary) differ "
                     "from the champion's on the same traffic by a PSI of "
                     '{{ $value | printf "%.3f" }}; the prediction_psi gate allows '
                     f"{_allowed(thresholds.prediction_psi, unit='')} (deployment.gates.prediction_psi). {back}"

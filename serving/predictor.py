@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import logging.config
 import os
@@ -29,6 +30,14 @@ import yaml
 from components import registry
 from components.errors import RegistryError, ShepherdError
 from components.model_input import frame_of, onnx_feeds
+from components.model_output import (
+    PROBABILITY_BUCKETS,
+    answers,
+    graph_answers,
+    output_name,
+    pipeline_answers,
+    score_buckets,
+)
 from components.spec import ModelSpec, parse_spec
 from monitoring.metrics import OUTCOMES, ROLES, PredictorMetrics
 from serving import prediction_ids
@@ -51,7 +60,10 @@ class LoadedVersion:
     spec: ModelSpec
     version: str
     serving_format: str  # onnx | sklearn
-    score: Callable[[Mapping[str, Sequence]], np.ndarray]  # validated columns -> positive-class probabilities
+    # validated columns -> the model's answers (components.model_output: probabilities or values)
+    score: Callable[[Mapping[str, Sequence]], np.ndarray]
+    # the score histogram's buckets (components.model_output.score_buckets)
+    score_buckets: tuple[float, ...] = PROBABILITY_BUCKETS
 
 
 def parse_model_uri(uri: str) -> tuple[str, str]:
@@ -88,7 +100,9 @@ def load_version(tracking_uri: str, model_uri: str) -> LoadedVersion:
             )
             score = _sklearn_scorer(client, version, spec, tmp)
             serving_format = "sklearn"
-    return LoadedVersion(spec, str(version.version), serving_format, score)
+    recorded = tags.get(registry.TAG_SCORE_BUCKETS)
+    buckets = score_buckets(spec, json.loads(recorded) if recorded else None)
+    return LoadedVersion(spec, str(version.version), serving_format, score, buckets)
 
 
 def _verify(actual: str, recorded: str | None, what: str) -> None:
@@ -102,13 +116,13 @@ def _verify(actual: str, recorded: str | None, what: str) -> None:
 
 
 def _onnx_scorer(model: bytes, spec: ModelSpec):
-    from components.onnx_export import PROBABILITIES_OUTPUT, session
+    from components.onnx_export import session
 
     sess = session(model)
-    outputs = [PROBABILITIES_OUTPUT]
+    outputs = [output_name(spec)]
 
     def score(columns: Mapping[str, Sequence]) -> np.ndarray:
-        return sess.run(outputs, onnx_feeds(spec, columns))[0][:, 1]
+        return graph_answers(spec, sess.run(outputs, onnx_feeds(spec, columns))[0])
 
     return score
 
@@ -121,7 +135,7 @@ def _sklearn_scorer(client, version, spec: ModelSpec, tmp: str):
     pipeline = mlflow.sklearn.load_model(str(local))
 
     def score(columns: Mapping[str, Sequence]) -> np.ndarray:
-        return np.asarray(pipeline.predict_proba(frame_of(spec, columns)))[:, 1]
+        return pipeline_answers(pipeline, frame_of(spec, columns), spec)
 
     return score
 
@@ -165,17 +179,13 @@ def make_model(name: str, loaded: LoadedVersion, role: str, metrics: PredictorMe
     duration = metrics.duration.labels(**labels)
     score_hist = metrics.score.labels(**labels)
     rows_total = metrics.rows.labels(**labels)
-    positive, negative = spec.target.positive, spec.target.negative
-    threshold = spec.evaluation.decision_threshold
     input_types = [
         {"name": f.name, "datatype": "BYTES" if f.type == "category" else "FP32", "shape": [-1, 1]}
         for f in spec.features
     ]
-    output_types = [
-        {"name": "probability", "datatype": "FP32", "shape": [-1]},
-        {"name": "label", "datatype": "BYTES", "shape": [-1]},
-        {"name": "prediction_id", "datatype": "BYTES", "shape": [-1]},
-    ]
+    output_types = output_tensor_types(spec)
+    names = output_names(spec)
+    render_v1, render_v2 = answer_renderers(spec)
 
     class ShepherdModel(kserve.Model):
         def load(self) -> bool:
@@ -211,7 +221,7 @@ def make_model(name: str, loaded: LoadedVersion, role: str, metrics: PredictorMe
                 ids = prediction_ids.request_id(headers)
                 if isinstance(payload, InferRequest):
                     columns = parser.from_v2(payload.inputs, payload.id)
-                    wanted = requested_outputs(payload, OUTPUT_NAMES)
+                    wanted = requested_outputs(payload, names)
                     parsed = "v2", (payload.id or ids, ids), columns, started, wanted
                 else:
                     if isinstance(payload, bytes):  # a JSON type KServe does not know (with a charset, ...)
@@ -225,13 +235,11 @@ def make_model(name: str, loaded: LoadedVersion, role: str, metrics: PredictorMe
         def predict(self, parsed, headers=None, response_headers=None):
             protocol, (response_id, request_id), columns, started, wanted = parsed
             fault.strike("predict")
-            proba = loaded.score(columns)
-            probabilities = proba.tolist()  # Python floats: cheaper to compare and serialise than numpy scalars
-            n = len(probabilities)
+            served = answers(spec, loaded.score(columns))
+            n = len(served.score)
             rows_total.inc(n)
-            score_hist.observe_many(proba)
+            score_hist.observe_many(served.score)
             duration.observe(time.perf_counter() - started)
-            label = [positive if p >= threshold else negative for p in probabilities]
             ids = prediction_ids.prediction_ids(request_id, n)
             if response_headers is not None:
                 response_headers[prediction_ids.HEADER] = request_id
@@ -242,26 +250,72 @@ def make_model(name: str, loaded: LoadedVersion, role: str, metrics: PredictorMe
                     model_name=self.name,
                     model_version=loaded.version,
                     infer_outputs=[
-                        InferOutput("probability", [n], "FP32", probabilities),
-                        InferOutput("label", [n], "BYTES", label),
-                        InferOutput("prediction_id", [n], "BYTES", ids),
+                        InferOutput(o["name"], [n, *o["shape"][1:]], o["datatype"], data)
+                        for o, data in zip(output_types, render_v2(served, ids), strict=True)
                     ],
                     use_binary_outputs=use_binary,
                     requested_outputs=requested,
                 )
-            return {
-                "id": request_id,
-                "model_version": loaded.version,
-                "predictions": [
-                    {"id": i, "label": lab, "probability": p}
-                    for i, lab, p in zip(ids, label, probabilities, strict=True)
-                ],
-            }
+            return {"id": request_id, "model_version": loaded.version, "predictions": render_v1(served, ids)}
 
     return ShepherdModel(name, return_response_headers=True)
 
 
-OUTPUT_NAMES = ("probability", "label", "prediction_id")  # what a V2 answer holds, in this order
+def output_tensor_types(spec: ModelSpec) -> list[dict]:
+    """A V2 answer's output tensors, in order, as the model metadata lists them: binary `probability`
+    (of the positive class) and `label`; multiclass `label` and `probabilities` ([rows, classes], columns
+    in the order of target.classes); regression `value`; every task `prediction_id`."""
+    ids = {"name": "prediction_id", "datatype": "BYTES", "shape": [-1]}
+    label = {"name": "label", "datatype": "BYTES", "shape": [-1]}
+    if spec.task == "binary":
+        return [{"name": "probability", "datatype": "FP32", "shape": [-1]}, label, ids]
+    if spec.task == "multiclass":
+        return [label, {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(spec.target.classes)]}, ids]
+    return [{"name": "value", "datatype": "FP32", "shape": [-1]}, ids]
+
+
+def output_names(spec: ModelSpec) -> tuple[str, ...]:
+    """What a V2 answer holds, in this order."""
+    return tuple(o["name"] for o in output_tensor_types(spec))
+
+
+def answer_renderers(spec: ModelSpec):
+    """(V1, V2) renderers of a batch's answers: V1 one object per row; V2 each output tensor's data (flat,
+    row-major) in the order of `output_tensor_types`."""
+    if spec.task == "binary":
+
+        def v1(served, ids):
+            probabilities = served.score.tolist()  # Python floats: cheaper to serialise than numpy scalars
+            return [
+                {"id": i, "label": lab, "probability": p}
+                for i, lab, p in zip(ids, served.labels, probabilities, strict=True)
+            ]
+
+        def v2(served, ids):
+            return [served.score.tolist(), served.labels, ids]
+
+    elif spec.task == "multiclass":
+        classes = spec.target.classes
+
+        def v1(served, ids):
+            rows = served.probabilities.tolist()
+            return [
+                {"id": i, "label": lab, "probabilities": dict(zip(classes, p, strict=True))}
+                for i, lab, p in zip(ids, served.labels, rows, strict=True)
+            ]
+
+        def v2(served, ids):
+            return [served.labels, served.probabilities.reshape(-1).tolist(), ids]
+
+    else:
+
+        def v1(served, ids):
+            return [{"id": i, "value": v} for i, v in zip(ids, served.score.tolist(), strict=True)]
+
+        def v2(served, ids):
+            return [served.score.tolist(), ids]
+
+    return v1, v2
 
 
 def requested_outputs(request, names: tuple[str, ...]) -> tuple[bool, list | None]:
@@ -519,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", flush=True)
         return exc.exit_code
     lookup = feast_lookup(args.feature_repo, loaded.spec) if args.feature_repo else None
-    metrics = PredictorMetrics.create(REGISTRY)
+    metrics = PredictorMetrics.create(REGISTRY, loaded.score_buckets)
     fault = Fault(args.fault_error_rate, args.fault_stage)
     model = make_model(args.model_name, loaded, args.role, metrics, lookup, fault)
     if fault.rate:

@@ -243,6 +243,23 @@ def _quality(model: str, url: str | None, home) -> dict:
     return body
 
 
+# The live metrics a table shows first, per task (binary, multiclass, regression); per-class recalls follow.
+HEADLINE_LIVE_METRICS = (
+    "roc_auc", "f1", "log_loss", "brier", "ece", "positive_rate",
+    "accuracy", "macro_f1", "balanced_accuracy",
+    "rmse", "mae", "r2", "mape",
+)  # fmt: skip
+
+
+def _metric_columns(revisions: list[dict]) -> list[str]:
+    """The live metrics the revisions carry, headline ones first (the task decides which exist)."""
+    present = {m for r in revisions for m in r["metrics"]}
+    if not present:
+        present = {"roc_auc", "f1", "log_loss", "brier", "ece", "positive_rate"}
+    rest = present - set(HEADLINE_LIVE_METRICS) - {"predicted_positive_rate"}
+    return [m for m in HEADLINE_LIVE_METRICS if m in present] + sorted(rest)
+
+
 @quality_app.command("status")
 @friendly
 def quality_status(model: ModelArgument, url: QualityUrlOption = None, home: HomeOption = None) -> None:
@@ -252,7 +269,8 @@ def quality_status(model: ModelArgument, url: QualityUrlOption = None, home: Hom
         title=f"{model}: live quality ({body['labels']} labels for {body['predictions']} logged predictions; "
         f"window {body['window']} labelled rows per revision)"
     )
-    for column in ("revision", "labelled", "roc_auc", "f1", "log_loss", "brier", "ece", "positive rate", "label delay"):
+    shown = _metric_columns(body["revisions"])
+    for column in ("revision", "labelled", *(m.replace("_rate", " rate") for m in shown), "label delay"):
         table.add_column(column)
     for r in body["revisions"]:
 
@@ -262,7 +280,7 @@ def quality_status(model: ModelArgument, url: QualityUrlOption = None, home: Hom
         table.add_row(
             f"v{r['version']} ({r['role']})",
             str(r["labelled_rows"]),
-            *(cell(m) for m in ("roc_auc", "f1", "log_loss", "brier", "ece", "positive_rate")),
+            *(cell(m) for m in shown),
             f"{r['label_delay_seconds']:.0f} s",
         )
     out.print(table)
@@ -303,9 +321,7 @@ def quality_check(
         )
         raise typer.Exit(1)
     broken = _broken(champion)
-    shown = ", ".join(
-        f"{m} {v:.3f}" for m, v in sorted(champion["metrics"].items()) if m in ("roc_auc", "f1", "log_loss", "ece")
-    )
+    shown = ", ".join(f"{m} {champion['metrics'][m]:.3f}" for m in _metric_columns([champion])[:4])
     console.print(
         f"{model} v{champion['version']} (champion) on its {champion['labelled_rows']} latest labelled "
         f"predictions: {shown}"

@@ -70,7 +70,7 @@ def traffic(
     from components.data import load_source, split_source
     from components.train import split
     from serving.backends import PlaneProcess
-    from serving.traffic import instances, send
+    from serving.traffic import describe_predictions, instances, send
 
     model_spec = load_model_spec(spec)
     settings = Settings.from_env(home=home)
@@ -111,7 +111,7 @@ def traffic(
         table.add_row(revision, str(count), f"{100 * count / requests:.1f} %")
     out.print(table)
     statuses = ", ".join(f"{code}: {n}" for code, n in sorted(report.by_status.items()))
-    console.print(f"HTTP status counts: {statuses}; predicted {model_spec.target.positive!r}: {report.positive}")
+    console.print(f"HTTP status counts: {statuses}; {describe_predictions(model_spec, report)}")
 
 
 @app.command()

@@ -196,7 +196,7 @@ def quality(
 ) -> GateResult:
     """The canary's live quality against the champion's, each on the labelled predictions it served:
     inconclusive until both have `min_labels`; fails when the canary is worse by more than allowed."""
-    from components.spec import HIGHER_IS_BETTER
+    from components.spec import higher_is_better
 
     if unread := _unread("quality", canary, champion):
         return unread
@@ -214,7 +214,7 @@ def quality(
         if ours is None or theirs is None:
             undefined.append(metric)
             continue
-        worse_by = theirs - ours if metric in HIGHER_IS_BETTER else ours - theirs
+        worse_by = theirs - ours if higher_is_better(metric) else ours - theirs
         text = f"{metric} {ours:.3f} vs champion {theirs:.3f}"
         if worse_by > allowed + 1e-9:  # a boundary value written in the spec is allowed, float noise or not
             worse.append((worse_by - allowed, f"{text}: worse by {worse_by:.3f}, allowed {allowed:g}"))

@@ -5,8 +5,6 @@ probabilities the registered pipeline gives in this process, to 1e-5."""
 
 from __future__ import annotations
 
-import json
-
 import httpx
 import mlflow
 import numpy as np
@@ -14,9 +12,9 @@ import pandas as pd
 import pytest
 
 from components import registry
-from components.model_input import feature_frame
 from components.train import predict_positive
 from pipelines.direct import train_and_register
+from serving.traffic import instances, v2_request
 from tests.support.predictor_process import running_predictor
 from tests.unit.test_own_estimator import OWN, THIRD_PARTY, own_spec
 
@@ -48,20 +46,8 @@ def registered(churn_spec, churn_frame, tmp_path_factory):
 
 def _requests(spec, frame):
     """The same rows as a V1 and a V2 request, as a client sends them (missing numbers as null)."""
-    rows = [
-        {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
-        for row in json.loads(feature_frame(frame, spec).to_json(orient="records"))
-    ]
-    inputs = [
-        {
-            "name": f.name,
-            "shape": [len(rows)],
-            "datatype": "BYTES" if f.type == "category" else "FP64",
-            "data": [r[f.name] for r in rows],
-        }
-        for f in spec.features
-    ]
-    return {"instances": rows}, {"inputs": inputs}
+    rows = instances(spec, frame)
+    return {"instances": rows}, v2_request(spec, rows)
 
 
 @pytest.mark.parametrize("name", sorted(ESTIMATORS))

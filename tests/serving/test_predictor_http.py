@@ -13,6 +13,7 @@ import yaml
 from components import model_input, train
 from components.spec import parse_spec
 from pipelines.direct import train_and_register
+from serving.traffic import v2_request
 from tests.conftest import CHURN_SPEC
 from tests.support.predictor_process import running_predictor, sample
 
@@ -465,16 +466,7 @@ def test_v2_json_without_a_content_type_is_json(server, rows, churn_spec):
 
 # -- requested outputs and the binary tensor extension ------------------------------------------------
 def _v2_all(churn_spec, rows, **extra) -> dict:
-    inputs = [
-        {
-            "name": f.name,
-            "shape": [len(rows)],
-            "datatype": "BYTES" if f.type == "category" else "FP64",
-            "data": [r[f.name] for r in rows],
-        }
-        for f in churn_spec.features
-    ]
-    return {"inputs": inputs, **extra}
+    return {**v2_request(churn_spec, rows), **extra}
 
 
 def _split_binary(response: httpx.Response) -> tuple[dict, dict[str, np.ndarray]]:

@@ -364,10 +364,14 @@ def test_shepherd_run_exits_with_the_code_of_the_steps_error(tmp_path, source, c
     assert list((tmp_path / "home" / "logs").glob("*.failure.json"))  # the record the step left
 
 
-def test_shepherd_run_with_an_estimator_that_cannot_be_imported_stops_before_the_run_and_registers_nothing(tmp_path):
+@pytest.mark.parametrize("example", ["churn", "hpc", "ames"])  # binary, multiclass, regression
+def test_shepherd_run_with_an_estimator_that_cannot_be_imported_stops_before_the_run_and_registers_nothing(
+    tmp_path, example
+):
     """The CLI resolves the spec's estimator before it starts the DAG (the train step would find the same
-    error minutes later): exit 2, the field named, the fix given, nothing started or registered."""
-    data = yaml.safe_load(CHURN_SPEC.read_text())
+    error minutes later): exit 2, the field named, the fix given, nothing started or registered; for every
+    task."""
+    data = yaml.safe_load((CHURN_SPEC.parent / f"{example}.yaml").read_text())
     data["training"] = {"estimator": "no_such_package.models:Forest", "params": {"depth": 3}}
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(data))
@@ -381,7 +385,8 @@ def test_shepherd_run_with_an_estimator_that_cannot_be_imported_stops_before_the
     assert "Traceback" not in result.stderr
     from mlflow import MlflowClient
 
-    assert MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}").search_model_versions("name = 'churn'") == []
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    assert client.search_model_versions(f"name = '{example}'") == []
 
 
 def test_an_estimator_this_machine_cannot_import_is_left_to_the_image_with_runner_docker(tmp_path):

@@ -12,6 +12,7 @@ import yaml
 from components import onnx_export, train
 from components.errors import SpecError
 from components.model_input import columns_of
+from components.model_output import PROBABILITIES_OUTPUT
 from components.spec import parse_spec
 
 OWN = "tests.support.estimators:ShrunkLogisticClassifier"
@@ -40,7 +41,7 @@ def test_xgboost_and_lightgbm_train_and_are_served_from_onnx_with_parity(churn_s
     # The graph, fed as the predictor feeds it, gives the pipeline's probabilities on rows it never saw.
     rows = trained.holdout.sample(300, random_state=3)
     graph = onnx_export.session(exported.model)
-    scored = graph.run([onnx_export.PROBABILITIES_OUTPUT], onnx_export.onnx_inputs(spec, rows))[0][:, 1]
+    scored = graph.run([PROBABILITIES_OUTPUT], onnx_export.onnx_inputs(spec, rows))[0][:, 1]
     np.testing.assert_allclose(scored, train.predict_positive(trained.pipeline, rows, spec), atol=1e-5)
 
 

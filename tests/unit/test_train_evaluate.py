@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse
 import yaml
 
-from components import evaluate, model_input, onnx_export, registry, train
+from components import evaluate, model_input, model_output, onnx_export, registry, train
 from components.errors import SpecError
 from components.metrics import classification_metrics, expected_calibration_error
 from components.spec import parse_spec
@@ -68,7 +68,7 @@ def test_the_wide_category_would_make_a_sparse_matrix(churn_spec, churn_frame):
     assert scipy.sparse.issparse(pipeline[0].fit_transform(model_input.feature_frame(frame, spec)))
 
 
-@pytest.mark.parametrize("algorithm", sorted(train.ESTIMATORS))
+@pytest.mark.parametrize("algorithm", sorted(train.CLASSIFIERS))
 def test_a_wide_category_trains_and_exports_with_every_estimator(churn_spec, churn_frame, algorithm):
     spec, frame = _wide_category(churn_spec, churn_frame, algorithm)
     trained = train.fit(frame, spec)
@@ -79,7 +79,7 @@ def test_a_wide_category_trains_and_exports_with_every_estimator(churn_spec, chu
     result = onnx_export.export(trained.pipeline, spec, probe)
     assert result.model is not None, result.reason
     onnx_proba = onnx_export.session(result.model).run(
-        [onnx_export.PROBABILITIES_OUTPUT], onnx_export.onnx_inputs(spec, probe)
+        [model_output.PROBABILITIES_OUTPUT], onnx_export.onnx_inputs(spec, probe)
     )[0][:, 1]
     sklearn_proba = train.predict_positive(trained.pipeline, probe, spec)
     np.testing.assert_allclose(onnx_proba, sklearn_proba, rtol=0, atol=1e-5)

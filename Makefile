@@ -9,7 +9,7 @@ export GX_ANALYTICS_ENABLED := false
 # Quiet the libraries' import-time chatter in command output; tests still see every warning they assert.
 export PYTHONWARNINGS := ignore::DeprecationWarning,ignore::FutureWarning,ignore::UserWarning
 
-.PHONY: help venv demo run test test-fast e2e-tools compile examples lint format bench infra-check manifests monitoring-assets chart image image-docker tools clean
+.PHONY: help venv demo run test test-fast e2e-tools cluster-up cluster-down compile examples lint format bench infra-check manifests monitoring-assets chart image image-docker tools clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -61,14 +61,22 @@ test: venv e2e-tools ## Set up and run the whole test suite (as CI does)
 	@mkdir -p $${SHEPHERD_CACHE:-$$HOME/.cache/shepherd}; (./scripts/image.sh > $${SHEPHERD_CACHE:-$$HOME/.cache/shepherd}/image-build.log 2>&1 &)
 	@$(PY) -m pytest
 
-E2E_PACKAGES = prometheus prometheus-alertmanager postgresql
+E2E_PACKAGES = prometheus prometheus-alertmanager postgresql containerd runc conntrack containernetworking-plugins
 
-e2e-tools: ## Prometheus, Alertmanager and PostgreSQL (Debian packages) for the end-to-end tests
+e2e-tools: ## Prometheus, Alertmanager, PostgreSQL and the test node's containerd, runc, conntrack, CNI (Debian packages)
 	@command -v prometheus >/dev/null && command -v prometheus-alertmanager >/dev/null && \
+	  command -v containerd >/dev/null && command -v conntrack >/dev/null && [ -x /usr/lib/cni/bridge ] && \
 	  ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { \
 	  echo "installing $(E2E_PACKAGES) (Debian packages)"; \
 	  (apt-get install -y -qq --no-install-recommends $(E2E_PACKAGES) >/dev/null 2>&1 || \
 	   { apt-get update -qq && apt-get install -y -qq --no-install-recommends $(E2E_PACKAGES); }); }
+
+cluster-up: venv e2e-tools ## A real single-node Kubernetes here (kubelet on containerd, controllers, kube-proxy); prints KUBECONFIG
+	@./scripts/cluster-tools.sh >/dev/null
+	@$(PY) -m tests.support.node up --dir .shepherd/cluster
+
+cluster-down: venv ## Stop what cluster-up started (its pods first)
+	@$(PY) -m tests.support.node down --dir .shepherd/cluster
 
 test-fast: venv ## Unit tests only (seconds)
 	@$(PY) -m pytest tests/unit
@@ -87,11 +95,12 @@ format: venv ## Apply ruff's fixes and formatting
 	@$(PY) -m ruff check --fix .
 	@$(PY) -m ruff format components pipelines serving monitoring tests
 
-bench: venv e2e-tools ## Pipeline runs, serving vs MLServer (wrk), time to rollback, feedback ingestion + label join; writes docs/benchmarks.md
+bench: venv e2e-tools ## Pipeline runs, serving vs MLServer (wrk), serving per task, time to rollback, feedback ingestion + label join; writes docs/benchmarks.md
 	@command -v wrk >/dev/null || { echo "installing wrk (Debian package)"; apt-get install -y -qq wrk; }
 	@$(PY) -m benchmarks.pipeline_runs --output docs/benchmarks.md
 	@$(PY) -m benchmarks.pipeline_runners --output docs/benchmarks.md
 	@$(PY) -m benchmarks.serving --output docs/benchmarks.md
+	@$(PY) -m benchmarks.tasks --output docs/benchmarks.md
 	@$(PY) -m benchmarks.rollback --output docs/benchmarks.md
 	@$(PY) -m benchmarks.feedback --output docs/benchmarks.md
 	@$(PY) -m benchmarks.learning_loop --output docs/benchmarks.md

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the binaries of the cluster test harness from Go modules and caches them outside the repo,
-# keyed by version: etcd and kube-apiserver (the envtest pattern, no Docker, no kubelet).
-# Prints the cache directory. A warm machine returns at once; a cold one compiles (~10-20 min on 2 cores).
+# keyed by version: etcd and kube-apiserver (the envtest pattern), and for the real node (tests/support/node.py)
+# the kubelet, kube-controller-manager, kube-scheduler, kube-proxy and the pod sandbox's `pause`.
+# Prints the cache directory. A warm machine returns at once; a cold one compiles (~10-20 min on 2 cores; the
+# node's commands share most packages with kube-apiserver: about a minute each after it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,13 +22,18 @@ if [ ! -x "$cache/etcd" ]; then
   echo "==> building etcd $ETCD_VERSION into $cache (once per machine)" >&2
   (cd tools/etcd && go build -trimpath -o "$cache/etcd.tmp" go.etcd.io/etcd/server/v3) && mv "$cache/etcd.tmp" "$cache/etcd"
 fi
-if [ ! -x "$cache/kube-apiserver" ]; then
-  echo "==> building kube-apiserver $K8S_VERSION into $cache (once per machine; several minutes)" >&2
-  minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
-  pkg=k8s.io/component-base/version
-  (cd tools/cluster && go build -trimpath \
-      -ldflags "-X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor" \
-      -o "$cache/kube-apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver) \
-    && mv "$cache/kube-apiserver.tmp" "$cache/kube-apiserver"
+minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+pkg=k8s.io/component-base/version
+for command in kube-apiserver kubelet kube-controller-manager kube-scheduler kube-proxy; do
+  if [ ! -x "$cache/$command" ]; then
+    echo "==> building $command $K8S_VERSION into $cache (once per machine)" >&2
+    (cd tools/cluster && go build -trimpath \
+        -ldflags "-X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor" \
+        -o "$cache/$command.tmp" "k8s.io/kubernetes/cmd/$command") \
+      && mv "$cache/$command.tmp" "$cache/$command"
+  fi
+done
+if [ ! -x "$cache/pause" ]; then
+  (cd tools/pause && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$cache/pause.tmp" .) && mv "$cache/pause.tmp" "$cache/pause"
 fi
 echo "$cache"

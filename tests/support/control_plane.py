@@ -164,6 +164,8 @@ class ControlPlane:
                 f"--client-ca-file={files['ca.crt']}",
                 "--service-cluster-ip-range=10.0.0.0/24",
                 "--allow-privileged=true",
+                # A real node (tests.support.node) is reached by its address: its name does not resolve here.
+                "--kubelet-preferred-address-types=InternalIP",
                 "--disable-admission-plugins=ServiceAccount",
                 "--authorization-mode=RBAC",
                 f"--service-account-issuer=https://127.0.0.1:{api_port}/",

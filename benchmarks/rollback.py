@@ -33,6 +33,7 @@ import httpx
 import yaml
 
 from benchmarks.report import machine, write_section
+from serving.inference_service_view import serving_container
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "bench-token"
@@ -85,7 +86,7 @@ def _measure_rollback(backend, spec, version: str, traffic: Traffic, timeout: fl
 
     first_step = spec.deployment.canary_steps[0]
     obj = build_inference_service(spec, version, champion_version="1", canary_percent=first_step)
-    container = obj["spec"]["canary"][0]["predictor"]["containers"][0]
+    container = serving_container(obj["spec"]["canary"][0]["predictor"])
     container["env"] = [*(container.get("env") or []), {"name": ENV_FAULT_ERROR_RATE, "value": "1.0"}]
     deployed = time.time()
     backend.apply(obj)

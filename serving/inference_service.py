@@ -2,12 +2,16 @@
 
 Both KServe deployment modes are supported: Knative (`spec.predictor.canaryTrafficPercent`, KServe
 keeps the previous revision for the rest of the traffic) and Standard (`spec.canary[]`, KServe >= 0.20,
-the champion stays in `spec.predictor`). The rollout policy is written onto the object as an
-annotation so the rollout loop reads it from the cluster and stays stateless.
+the champion stays in `spec.predictor`, each canary is a named predictor: KServe runs it as its own
+Deployment and Service, `<isvc>-v<version>-predictor`). Every predictor is a `model` on the `shepherd`
+ServingRuntime (manifests/base/models): KServe 0.20 accepts a Standard canary only next to such a stable
+predictor. The rollout policy is written onto the object as an annotation so the rollout loop reads it
+from the cluster and stays stateless.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -22,7 +26,8 @@ ANNOTATION_CHAMPION = "shepherd.io/champion-version"
 DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
 
 # Hardened by default: nothing a model server needs requires more.
-SERVING_CONFIGMAP = "shepherd-serving"
+SERVING_RUNTIME = "shepherd"  # manifests/base/models/servingruntime.yaml
+CONTAINER_NAME = "kserve-container"  # the runtime's container a model's settings are merged into
 SECURITY_CONTEXT = {
     "runAsNonRoot": True,
     "runAsUser": 10001,
@@ -54,42 +59,47 @@ def _quality_policy(spec: ModelSpec) -> dict:
     return {"minLabels": gate.min_labels, "maxRegression": dict(regression)}
 
 
-def _predictor(spec: ModelSpec, version: str, image: str, payload_log_url: str | None = None, role: str = "champion"):
-    from kserve import V1beta1PredictorSpec
-    from kubernetes.client import (
-        V1ConfigMapEnvSource,
-        V1Container,
-        V1EmptyDirVolumeSource,
-        V1EnvFromSource,
-        V1ResourceRequirements,
-        V1Volume,
-        V1VolumeMount,
-    )
-
+def _predictor(
+    spec: ModelSpec,
+    version: str,
+    image: str,
+    payload_log_url: str | None = None,
+    role: str = "champion",
+    name: str | None = None,
+) -> dict:
+    """A predictor block (`name`: a Standard canary's): the model on the `shepherd` ServingRuntime (which gives
+    the command, the port, the serving ConfigMap and the writable /tmp), with what is this model's own: the
+    image, the version to load, the role, the resources, and the hardening again (the object stays hardened
+    whatever the runtime says). KServe's Standard-mode canaries require this shape (a stable predictor with a
+    `model`, named canaries)."""
     resources = {"cpu": spec.deployment.cpu, "memory": spec.deployment.memory}
-    container = V1Container(
-        name="kserve-container",
-        image=image,
-        command=["python", "-m", "serving.predictor"],
+    model = {
+        "modelFormat": {"name": SERVING_RUNTIME},
+        "runtime": SERVING_RUNTIME,
+        # What KServe's storage-initializer step checks before the predictor starts (serving.model_check); KServe
+        # would take a model without one for a multi-model server.
+        "storageUri": f"models:/{spec.name}/{version}",
+        "image": image,
         # The role labels the predictor's metrics, which the canary alerts select on; promotion rewrites it.
-        args=[f"--model_name={spec.name}", f"--model_uri=models:/{spec.name}/{version}", f"--role={role}"],
-        resources=V1ResourceRequirements(requests=resources, limits=resources),
-        security_context=SECURITY_CONTEXT,
-        # MLFLOW_TRACKING_URI (and the like) from the model namespace's ConfigMap (manifests/base/models).
-        env_from=[V1EnvFromSource(config_map_ref=V1ConfigMapEnvSource(name=SERVING_CONFIGMAP, optional=True))],
-        # The root filesystem is read-only: MLflow downloads the model into /tmp.
-        volume_mounts=[V1VolumeMount(name="tmp", mount_path="/tmp")],
-    )
-    predictor = V1beta1PredictorSpec(
-        containers=[container],
-        min_replicas=1,
-        volumes=[V1Volume(name="tmp", empty_dir=V1EmptyDirVolumeSource(size_limit="1Gi"))],
-    )
+        "args": [f"--model_uri=models:/{spec.name}/{version}", f"--role={role}"],
+        "resources": {"requests": dict(resources), "limits": dict(resources)},
+        "securityContext": copy.deepcopy(SECURITY_CONTEXT),
+    }
+    if name is None:
+        predictor: dict = {"minReplicas": 1, "model": model}
+    else:
+        # KServe 0.20's CRD requires a canary's model to name its container, and its webhook refuses that name on
+        # the stable predictor (promotion drops it). A canary has no minReplicas of its own: KServe sizes it by its
+        # share, ceil(stable replicas x percent / 100) (it keeps one pod even at 0 %).
+        predictor = {"name": name, "model": {"name": CONTAINER_NAME, **model}}
     if payload_log_url:
-        from kserve import V1beta1LoggerSpec
-
-        predictor.logger = V1beta1LoggerSpec(mode="all", url=payload_log_url)
+        predictor["logger"] = {"mode": "all", "url": payload_log_url}
     return predictor
+
+
+def canary_name(version: str) -> str:
+    """The canary predictor's name: KServe names its Deployment and Service `<isvc>-<name>-predictor`."""
+    return f"v{version}"
 
 
 def build_inference_service(
@@ -103,14 +113,6 @@ def build_inference_service(
     """The InferenceService for `version`: at 100 % when `canary_percent` is None, else as a canary
     taking `canary_percent` of traffic next to `champion_version`. With `payload_log_url`, every
     predictor posts its requests and responses there as CloudEvents. Returns the serialised object."""
-    from kserve import (
-        V1beta1CanarySpec,
-        V1beta1InferenceService,
-        V1beta1InferenceServiceSpec,
-        constants,
-    )
-    from kubernetes.client import ApiClient, V1ObjectMeta
-
     if canary_percent is not None and champion_version is None:
         raise ValueError("a canary needs the champion version it splits traffic with")
     mode = spec.deployment.mode
@@ -120,35 +122,30 @@ def build_inference_service(
         ANNOTATION_POLICY: json.dumps(rollout_policy(spec)),
     }
     if canary_percent is None:
-        isvc_spec = V1beta1InferenceServiceSpec(predictor=_predictor(spec, version, image, payload_log_url))
+        isvc_spec = {"predictor": _predictor(spec, version, image, payload_log_url)}
     elif mode == "Knative":
         predictor = _predictor(spec, version, image, payload_log_url, role="canary")
-        predictor.canary_traffic_percent = canary_percent
-        isvc_spec = V1beta1InferenceServiceSpec(predictor=predictor)
+        predictor["canaryTrafficPercent"] = canary_percent
+        isvc_spec = {"predictor": predictor}
         annotations[ANNOTATION_CHAMPION] = str(champion_version)
     else:
-        isvc_spec = V1beta1InferenceServiceSpec(
-            predictor=_predictor(spec, champion_version, image, payload_log_url),
-            canary=[
-                V1beta1CanarySpec(
-                    traffic_percent=canary_percent,
-                    predictor=_predictor(spec, version, image, payload_log_url, role="canary"),
-                )
-            ],
-        )
+        canary = _predictor(spec, version, image, payload_log_url, role="canary", name=canary_name(version))
+        isvc_spec = {
+            "predictor": _predictor(spec, champion_version, image, payload_log_url),
+            "canary": [{"trafficPercent": canary_percent, "predictor": canary}],
+        }
         annotations[ANNOTATION_CHAMPION] = str(champion_version)
-    isvc = V1beta1InferenceService(
-        api_version=f"{constants.KSERVE_GROUP}/v1beta1",
-        kind=constants.KSERVE_KIND_INFERENCESERVICE,
-        metadata=V1ObjectMeta(
-            name=spec.name,
-            namespace=spec.deployment.namespace,
-            annotations=annotations,
-            labels={"app.kubernetes.io/managed-by": "shepherd", "shepherd.io/model": spec.name},
-        ),
-        spec=isvc_spec,
-    )
-    return ApiClient().sanitize_for_serialization(isvc)
+    return {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {
+            "name": spec.name,
+            "namespace": spec.deployment.namespace,
+            "annotations": annotations,
+            "labels": {"app.kubernetes.io/managed-by": "shepherd", "shepherd.io/model": spec.name},
+        },
+        "spec": isvc_spec,
+    }
 
 
 def to_yaml(obj: dict) -> str:

@@ -34,11 +34,21 @@ class ServedModel:
     version: str
 
 
+def serving_container(predictor: dict) -> dict:
+    """The container settings of a predictor block: its `model` (on a ServingRuntime, what Shepherd writes),
+    or the first of its `containers` (objects written before the runtime shape, or by hand)."""
+    if "model" in predictor:
+        return predictor["model"]
+    if predictor.get("containers"):
+        return predictor["containers"][0]
+    raise ValueError("spec.predictor: neither a model nor containers")
+
+
 def model_uri_of(predictor: dict) -> str:
-    for arg in predictor["containers"][0].get("args", []):
+    for arg in serving_container(predictor).get("args", []):
         if arg.startswith("--model_uri="):
             return arg.split("=", 1)[1]
-    raise ValueError("spec.predictor.containers[0].args: no --model_uri=... argument")
+    raise ValueError("spec.predictor.model.args: no --model_uri=... argument")
 
 
 def version_of(model_uri: str) -> str:
@@ -104,12 +114,20 @@ class InferenceServiceView:
         canary = self.canary
         return [self.champion, *([canary] if canary else [])]
 
+    def container(self, role: Role) -> dict:
+        """`role`'s container settings in the object (changes to it change the object); KeyError if the
+        object holds no predictor for `role`."""
+        predictor = self.predictor(role)
+        if predictor is None:
+            raise KeyError(f"no {role} predictor in this object")
+        return serving_container(predictor)
+
     def env(self, role: Role) -> dict[str, str]:
         """The SHEPHERD_* environment the object sets on `role`'s predictor container."""
         predictor = self.predictor(role)
         if predictor is None:
             return {}
-        env = predictor["containers"][0].get("env") or []
+        env = serving_container(predictor).get("env") or []
         return {e["name"]: str(e.get("value", "")) for e in env if e["name"].startswith(ENV_PREFIX)}
 
     @property
@@ -131,10 +149,16 @@ class InferenceServiceView:
         obj = copy.deepcopy(self.obj)
         spec = obj["spec"]
         if self.mode == "standard":
-            spec["predictor"] = spec.pop("canary")[0]["predictor"]
+            # The promoted version takes the stable predictor's place (KServe's `<isvc>-predictor`, rolled
+            # to the new version) and the canary's own Deployment goes.
+            # It keeps the champion's scaling (a canary's replicas follow its share).
+            scaling = {k: spec["predictor"][k] for k in ("minReplicas", "maxReplicas") if k in spec["predictor"]}
+            spec["predictor"] = {**spec.pop("canary")[0]["predictor"], **scaling}
+            spec["predictor"].pop("name", None)
+            spec["predictor"].get("model", {}).pop("name", None)  # KServe refuses a stable model's container name
         else:
             spec["predictor"].pop("canaryTrafficPercent", None)
         obj["metadata"].get("annotations", {}).pop(ANNOTATION_CHAMPION, None)
-        for container in spec["predictor"]["containers"]:
-            container["args"] = ["--role=champion" if a == "--role=canary" else a for a in container.get("args", [])]
+        container = serving_container(spec["predictor"])
+        container["args"] = ["--role=champion" if a == "--role=canary" else a for a in container.get("args", [])]
         return obj

@@ -137,7 +137,7 @@ def fault(
             console.print(f"[yellow]{namespace}/{model} has no Standard-mode canary to inject faults into[/]")
             raise typer.Exit(1)
         obj.pop("status", None)
-        container = InferenceServiceView(obj).predictor("canary")["containers"][0]
+        container = InferenceServiceView(obj).container("canary")
         env = [e for e in container.get("env") or [] if e["name"] != ENV_FAULT_ERROR_RATE]
         container["env"] = env + ([{"name": ENV_FAULT_ERROR_RATE, "value": str(error_rate)}] if error_rate else [])
         target.apply(obj)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from serving.inference_service_view import serving_container
 from tests.conftest import REPO
 from tests.support.tools import run
 
@@ -57,7 +58,7 @@ def test_overlay_renders_its_environment(env):
     model_ns, runner, mode = ENVIRONMENTS[env]
     objs = objects(env)
     kinds = sorted(o["kind"] for o in objs)
-    assert set(kinds) >= {"Namespace", "ConfigMap", "ServingRuntime", "InferenceService"}
+    assert set(kinds) >= {"Namespace", "ConfigMap", "ServingRuntime", "ClusterStorageContainer", "InferenceService"}
     assert set(kinds) >= {"ServiceAccount", "Role", "RoleBinding"}
     assert "Secret" not in kinds
     for obj in objs:
@@ -152,15 +153,22 @@ def test_prod_is_stricter_than_staging_and_dev():
 
 
 def test_serving_runtime_runs_the_predictor_of_the_examples():
-    """The runtime and the generated InferenceServices run the same image and command."""
+    """The generated InferenceServices run on this runtime: its command, the same image and hardening."""
     for env in ENVIRONMENTS:
         objs = objects(env)
         runtime = find(objs, "ServingRuntime", "shepherd")["spec"]["containers"][0]
-        example = find(objs, "InferenceService", "churn")["spec"]["predictor"]["containers"][0]
+        example = serving_container(find(objs, "InferenceService", "churn")["spec"]["predictor"])
+        assert example["runtime"] == "shepherd" and example["modelFormat"]["name"] == "shepherd"
         assert runtime["image"] == example["image"]
-        assert runtime["command"] == example["command"] == ["python", "-m", "serving.predictor"]
+        assert runtime["command"] == ["python", "-m", "serving.predictor"]
         assert runtime["securityContext"] == example["securityContext"]
         assert {"--model_name={{.Name}}", "--http_port=8080"} <= set(runtime["args"])
+        # KServe runs the storage container for the examples' `models:/` URIs: the same image, hardened alike.
+        storage = find(objs, "ClusterStorageContainer", "shepherd-models")["spec"]
+        assert example["storageUri"].startswith(storage["supportedUriFormats"][0]["prefix"])
+        assert storage["container"]["image"] == example["image"]
+        assert storage["container"]["command"] == ["python", "-m", "serving.model_check"]
+        assert storage["container"]["securityContext"] == example["securityContext"]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,78 +9,15 @@ real controllers would fight."""
 
 from __future__ import annotations
 
-import os
 import time
 
-import httpx
 import mlflow
 import numpy as np
-import pytest
 
 from components.model_output import predict
-from serving.traffic import instances
-from tests.support.containers import shepherd_image
-from tests.support.control_plane import ControlPlane, build_binaries
-from tests.support.node import NODE_NAME, POD_GATEWAY, Node, missing_prerequisites
+from tests.support.node import NODE_NAME, answers, wait_rolled_out
 
 READY_SECONDS = 240
-
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory):
-    if reason := missing_prerequisites():
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason} (CI runs every test)")
-        pytest.skip(reason)
-    image = shepherd_image()
-    workdir = tmp_path_factory.mktemp("real-node")
-    plane = ControlPlane(workdir / "control-plane", build_binaries()).start()
-    started = time.monotonic()
-    node = Node(workdir / "node", plane, build_binaries())
-    try:
-        node.start()
-        ready_seconds = time.monotonic() - started
-        loaded = time.monotonic()
-        local = node.load_image(image)
-        print(f"\nnode Ready in {ready_seconds:.1f} s; image in containerd in {time.monotonic() - loaded:.1f} s")
-        yield node, local
-    finally:
-        node.stop()
-        plane.stop()
-
-
-@pytest.fixture(scope="module")
-def model_server(tmp_path_factory, churn_spec, churn_frame):
-    """An MLflow server pods reach through the bridge (on all addresses: the bridge appears with the first
-    pod), holding churn v1 @champion with its artifacts served over HTTP."""
-    import subprocess
-    import sys
-
-    from pipelines.direct import train_and_register
-    from serving.local_plane import free_port
-
-    work = tmp_path_factory.mktemp("node-mlflow")
-    port = free_port()
-    command = [sys.executable, "-m", "mlflow", "server", "--host=0.0.0.0", f"--port={port}", "--workers=1"]
-    command += [f"--backend-store-uri=sqlite:///{work / 'mlflow.db'}", f"--artifacts-destination={work / 'art'}"]
-    log = open(work / "mlflow.log", "w")  # noqa: SIM115 (owned by the child)
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        local = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{local}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, (work / "mlflow.log").read_text()[-2000:]
-            time.sleep(0.5)
-        assert train_and_register(churn_spec, churn_frame, local, work).alias == "champion"
-        yield local, f"http://{POD_GATEWAY}:{port}"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def _apps(node):
@@ -143,16 +80,6 @@ def _deployment(image: str, tracking_uri: str) -> dict:
     }
 
 
-def _wait_available(apps, name: str, namespace: str, seconds: float = READY_SECONDS) -> float:
-    started, deadline = time.monotonic(), time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        status = apps.read_namespaced_deployment_status(name, namespace).status
-        if (status.available_replicas or 0) >= 1 and (status.unavailable_replicas or 0) == 0:
-            return time.monotonic() - started
-        time.sleep(1)
-    raise AssertionError(f"{name} not available after {seconds:.0f} s: {status}")
-
-
 def test_the_shepherd_predictor_runs_as_a_pod_and_answers_through_its_service(
     node, model_server, churn_spec, churn_frame
 ):
@@ -173,25 +100,14 @@ def test_the_shepherd_predictor_runs_as_a_pod_and_answers_through_its_service(
             "spec": {"selector": {"app": "churn-predictor"}, "ports": [{"port": 80, "targetPort": 8080}]},
         },
     )
-    first_ready = _wait_available(apps, "churn-predictor", namespace)
+    first_ready = wait_rolled_out(apps, "churn-predictor", namespace)
     url = f"http://{service.spec.cluster_ip}"  # kube-proxy's iptables rules lead to the pod
     rows = churn_frame.sample(16, random_state=4)
     mlflow.set_tracking_uri(local_uri)
     expected = predict(mlflow.sklearn.load_model("models:/churn@champion"), rows, churn_spec)
 
     def answered() -> np.ndarray:
-        deadline = time.monotonic() + 60
-        while True:  # the Service's endpoints and iptables rules follow readiness by a moment
-            try:
-                response = httpx.post(
-                    f"{url}/v1/models/churn:predict", json={"instances": instances(churn_spec, rows)}, timeout=10
-                )
-                if response.status_code == 200:
-                    return np.array([p["probability"] for p in response.json()["predictions"]])
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "no answer through the Service"
-            time.sleep(1)
+        return np.array([p["probability"] for p in answers(url, churn_spec, rows)["predictions"]])
 
     np.testing.assert_allclose(answered(), expected, atol=1e-5)
     (pod,) = core.list_namespaced_pod(namespace, label_selector="app=churn-predictor").items

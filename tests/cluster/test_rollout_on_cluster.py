@@ -17,26 +17,11 @@ from components.spec import parse_spec
 from pipelines.direct import train_and_register
 from serving.backends import KubernetesBackend
 from serving.inference_service import build_inference_service
-from serving.rollout.gates import Window
+from serving.inference_service_view import serving_container
 from serving.rollout.loop import TAG_ROLLOUT, canary_percent, reconcile_once
 from serving.rollout.machine import Action
-from serving.rollout.providers import DriftReading, Measurement
 from tests.cluster.test_kubernetes_backend import GROUP, PLURAL, VERSION, _write_status_as_kserve_would
-
-BUCKETS = ((0.005, 90.0), (0.01, 100.0), (float("inf"), 100.0))
-
-
-class PrometheusAnswers:
-    """What Prometheus would answer for the interval (the process edge the test controls)."""
-
-    def __init__(self):
-        self.errors = 0.0
-
-    def measure(self, model, revisions, interval_seconds, baseline):
-        return Measurement(Window(100.0, self.errors, BUCKETS), Window(900.0, 0.0, BUCKETS))
-
-    def drift(self, model, canary_version):
-        return DriftReading(0.05, 0.01)
+from tests.support.rollouts import PrometheusAnswers
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +61,8 @@ def test_steps_and_promotes_writing_the_object_and_events(control_plane, namespa
     assert [a for a in actions if a is not Action.HOLD] == [Action.STEP, Action.STEP, Action.PROMOTE]
     served = backend.get(namespace, "churn")
     assert "canary" not in served["spec"]
-    assert "--model_uri=models:/churn/2" in served["spec"]["predictor"]["containers"][0]["args"]
-    assert "--role=champion" in served["spec"]["predictor"]["containers"][0]["args"]
+    assert "--model_uri=models:/churn/2" in serving_container(served["spec"]["predictor"])["args"]
+    assert "--role=champion" in serving_container(served["spec"]["predictor"])["args"]
     reasons = [e["reason"] for e in backend.events(namespace, "churn")]
     assert reasons == ["RolloutStart", "RolloutStep", "RolloutStep", "RolloutPromote"]
     mlflow = registry.connect(two_versions)

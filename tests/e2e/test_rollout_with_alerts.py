@@ -31,6 +31,7 @@ from monitoring.webhook import webhook_command
 from pipelines.direct import train_and_register
 from serving.backends import LocalBackend, start_plane, stop_plane
 from serving.inference_service import build_inference_service
+from serving.inference_service_view import serving_container
 from serving.local_plane import free_port
 from serving.predictor import ENV_FAULT_ERROR_RATE
 from serving.rollout import controller
@@ -204,7 +205,7 @@ def deploy_canary(stack, kind: str, env: dict | None = None) -> dict:
         payload_log_url=stack["drift_url"],
     )
     if env:
-        container = obj["spec"]["canary"][0]["predictor"]["containers"][0]
+        container = serving_container(obj["spec"]["canary"][0]["predictor"])
         container["env"] = [*(container.get("env") or []), *({"name": k, "value": v} for k, v in env.items())]
     return stack["backend"].apply(obj)
 

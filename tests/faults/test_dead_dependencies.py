@@ -15,6 +15,7 @@ from components import registry
 from monitoring.metrics import ROLLOUT_GATE_VERDICT
 from serving.backends import LocalBackend
 from serving.inference_service import build_inference_service
+from serving.inference_service_view import serving_container
 from serving.predictor import ENV_FAULT_ERROR_RATE
 from serving.rollout.controller import RolloutMetrics
 from serving.rollout.loop import reconcile_once
@@ -44,7 +45,7 @@ def test_a_failing_canary_is_rolled_back_while_the_drift_service_is_dead(
         canary = build_inference_service(
             fast_spec, "2", champion_version="1", canary_percent=10, payload_log_url=f"{plane.url}/drift/"
         )
-        canary["spec"]["canary"][0]["predictor"]["containers"][0]["env"] = [
+        serving_container(canary["spec"]["canary"][0]["predictor"])["env"] = [
             {"name": ENV_FAULT_ERROR_RATE, "value": "1"}
         ]
         backend.apply(canary)

@@ -16,6 +16,7 @@ from components.platform import PLATFORM_IMAGE
 from components.spec import load_spec, parse_spec
 from pipelines.local import run_local
 from pipelines.settings import Settings
+from serving.inference_service_view import serving_container
 from tests.conftest import CHURN_SPEC
 from tests.support import stores
 from tests.support.containers import shepherd_image
@@ -97,8 +98,8 @@ def test_a_promoted_challenger_in_containers_is_rendered_as_a_canary(first_run, 
     assert good.registered == ("2", "challenger")
     isvc = yaml.safe_load((good.run_dir / "deploy-op" / "inference_service").read_text())
     assert isvc["spec"]["canary"][0]["trafficPercent"] == 10
-    assert "--model_uri=models:/churn/1" in isvc["spec"]["predictor"]["containers"][0]["args"]
-    canary_args = isvc["spec"]["canary"][0]["predictor"]["containers"][0]["args"]
+    assert "--model_uri=models:/churn/1" in serving_container(isvc["spec"]["predictor"])["args"]
+    canary_args = serving_container(isvc["spec"]["canary"][0]["predictor"])["args"]
     assert "--model_uri=models:/churn/2" in canary_args and "--role=canary" in canary_args
 
 

@@ -15,6 +15,7 @@ from components.spec import load_spec, parse_spec
 from pipelines.local import run_local
 from pipelines.reproduce import reproduce_version
 from pipelines.settings import Settings
+from serving.inference_service_view import serving_container
 from tests.conftest import CHURN_SPEC
 
 pytestmark = pytest.mark.pipeline
@@ -76,8 +77,8 @@ def test_promoted_challenger_gets_a_canary_next_to_the_champion(first_run, setti
     assert alias == "challenger"
     isvc = yaml.safe_load((good.run_dir / "deploy-op" / "inference_service").read_text())
     assert isvc["spec"]["canary"][0]["trafficPercent"] == 10
-    assert "--model_uri=models:/churn/1" in isvc["spec"]["predictor"]["containers"][0]["args"]
-    canary_args = isvc["spec"]["canary"][0]["predictor"]["containers"][0]["args"]
+    assert "--model_uri=models:/churn/1" in serving_container(isvc["spec"]["predictor"])["args"]
+    canary_args = serving_container(isvc["spec"]["canary"][0]["predictor"])["args"]
     assert f"--model_uri=models:/churn/{version}" in canary_args and "--role=canary" in canary_args
     assert str(client.get_model_version_by_alias("churn", "challenger").version) == version
 

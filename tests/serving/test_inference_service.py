@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from serving.inference_service import ANNOTATION_CHAMPION, ANNOTATION_POLICY, build_inference_service, to_yaml
+from serving.inference_service_view import serving_container
 from tests.conftest import REPO
 from tests.support.crds import validate_inference_service
 
@@ -33,8 +34,8 @@ def test_standard_canary_uses_spec_canary(churn_spec):
     obj = build_inference_service(_spec_in_mode(churn_spec, "Standard"), "2", champion_version="1", canary_percent=10)
     validate_inference_service(obj)
     assert obj["spec"]["canary"][0]["trafficPercent"] == 10
-    assert obj["spec"]["predictor"]["containers"][0]["args"][1] == "--model_uri=models:/churn/1"
-    assert obj["spec"]["canary"][0]["predictor"]["containers"][0]["args"][1] == "--model_uri=models:/churn/2"
+    assert serving_container(obj["spec"]["predictor"])["args"][0] == "--model_uri=models:/churn/1"
+    assert serving_container(obj["spec"]["canary"][0]["predictor"])["args"][0] == "--model_uri=models:/churn/2"
     assert obj["metadata"]["annotations"][ANNOTATION_CHAMPION] == "1"
     assert '"steps": [10, 25, 50, 100]' in obj["metadata"]["annotations"][ANNOTATION_POLICY]
 
@@ -43,12 +44,12 @@ def test_knative_canary_uses_canary_traffic_percent(churn_spec):
     obj = build_inference_service(_spec_in_mode(churn_spec, "Knative"), "2", champion_version="1", canary_percent=25)
     validate_inference_service(obj)
     assert obj["spec"]["predictor"]["canaryTrafficPercent"] == 25
-    assert obj["spec"]["predictor"]["containers"][0]["args"][1] == "--model_uri=models:/churn/2"
+    assert serving_container(obj["spec"]["predictor"])["args"][0] == "--model_uri=models:/churn/2"
     assert "canary" not in obj["spec"]
 
 
 def test_containers_are_hardened(churn_spec):
-    container = build_inference_service(churn_spec, "1")["spec"]["predictor"]["containers"][0]
+    container = serving_container(build_inference_service(churn_spec, "1")["spec"]["predictor"])
     context = container["securityContext"]
     assert context["runAsNonRoot"] and not context["allowPrivilegeEscalation"]
     assert context["readOnlyRootFilesystem"] and context["capabilities"]["drop"] == ["ALL"]

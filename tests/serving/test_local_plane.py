@@ -16,6 +16,7 @@ from scipy.stats import binomtest
 
 from serving.backends import ConflictError, LocalBackend, ServingError, start_plane
 from serving.inference_service import build_inference_service
+from serving.inference_service_view import serving_container
 from serving.local_plane import free_port
 from serving.traffic import instances, send
 from tests.support.crds import validate_inference_service
@@ -120,7 +121,7 @@ def test_payload_logs_arrive_as_kserve_cloudevents(plane, churn_spec, rows, coll
 
 def test_bad_objects_are_refused_with_the_reason(plane, churn_spec):
     obj = build_inference_service(churn_spec, "2", champion_version="1", canary_percent=10)
-    obj["spec"]["canary"][0]["predictor"]["containers"][0]["args"] = []
+    serving_container(obj["spec"]["canary"][0]["predictor"])["args"] = []
     with pytest.raises(ServingError, match="no --model_uri"):
         LocalBackend(plane["url"]).apply(obj)
     missing = build_inference_service(churn_spec, "99")

@@ -20,6 +20,7 @@ from tritonclient.utils import InferenceServerException
 from monitoring.metrics import PLANE_REQUESTS_TOTAL, PLANE_REVISION_UP, REQUESTS_TOTAL
 from serving.backends import LocalBackend, ServingError
 from serving.inference_service import build_inference_service
+from serving.inference_service_view import serving_container
 from serving.plane_auth import ENV_PLANE_TOKEN
 from serving.traffic import instances
 from tests.support.plane_processes import is_gone, pid_serving, running_plane
@@ -255,7 +256,7 @@ def test_a_canary_that_answers_500_never_fails_another_request(plane, churn_spec
     """A predictor used to close its connection after a 500; the next request on it got a 503. With
     every canary request failing, the champion's answers must all be 200 and the canary's all 500."""
     obj = build_inference_service(churn_spec, "2", champion_version="1", canary_percent=50)
-    obj["spec"]["canary"][0]["predictor"]["containers"][0]["env"] = [
+    serving_container(obj["spec"]["canary"][0]["predictor"])["env"] = [
         {"name": "SHEPHERD_FAULT_ERROR_RATE", "value": "1"}
     ]
     LocalBackend(plane.url).apply(obj)

@@ -13,6 +13,7 @@ import pytest
 from components import registry
 from serving.backends import LocalBackend
 from serving.inference_service import build_inference_service
+from serving.inference_service_view import serving_container
 from serving.predictor import ENV_FAULT_ERROR_RATE, ENV_FAULT_STAGE
 from serving.rollout.loop import reconcile_once
 from serving.rollout.machine import Action
@@ -42,7 +43,7 @@ def faulty_canary(spec, stage: str) -> dict:
     """Version 2 as a 10 % canary next to version 1, its container failing every request in `stage`
     (the env `shepherd rollout fault` sets, plus the stage)."""
     obj = build_inference_service(spec, "2", champion_version="1", canary_percent=10)
-    container = obj["spec"]["canary"][0]["predictor"]["containers"][0]
+    container = serving_container(obj["spec"]["canary"][0]["predictor"])
     container["env"] = [e for e in container.get("env") or [] if not e["name"].startswith("SHEPHERD_FAULT_")] + [
         {"name": ENV_FAULT_ERROR_RATE, "value": "1"},
         {"name": ENV_FAULT_STAGE, "value": stage},
@@ -99,7 +100,7 @@ def test_a_canary_failing_in_preprocessing_is_rolled_back_by_the_error_rate_gate
     served = backend.get("models", "churn")
     # Standard mode keeps the canary entry at 0 % (Knative: canaryTrafficPercent 0); it serves nothing.
     assert all(c.get("trafficPercent") == 0 for c in served["spec"].get("canary") or []), served["spec"]
-    assert served["spec"]["predictor"]["containers"][0]["args"][1] == "--model_uri=models:/churn/1"
+    assert serving_container(served["spec"]["predictor"])["args"][0] == "--model_uri=models:/churn/1"
     split = {t["revisionName"]: t["percent"] for t in served["status"]["components"]["predictor"]["traffic"]}
     assert split.get("churn-v1") == 100 and not split.get("churn-v2"), split
     # Every request now reaches the champion.

@@ -11,6 +11,7 @@ import pytest
 from components import registry
 from serving.backends import LocalBackend, start_plane, stop_plane
 from serving.inference_service import build_inference_service
+from serving.inference_service_view import serving_container
 from serving.local_plane import free_port
 from serving.rollout.loop import TAG_ROLLOUT, reconcile_once
 from serving.rollout.machine import Action
@@ -62,7 +63,7 @@ def test_healthy_canary_is_stepped_up_and_promoted(rollout_env, fast_spec, churn
 
     served = backend.get("models", "churn")
     assert "canary" not in served["spec"]
-    assert served["spec"]["predictor"]["containers"][0]["args"][1] == "--model_uri=models:/churn/2"
+    assert serving_container(served["spec"]["predictor"])["args"][0] == "--model_uri=models:/churn/2"
     assert [t["percent"] for t in served["status"]["components"]["predictor"]["traffic"]] == [100]
     client = registry.connect(rollout_env["uri"])
     assert str(client.get_model_version_by_alias("churn", "champion").version) == "2"

@@ -113,6 +113,7 @@ class ControlPlane:
         sa_key = _key()
         files = {
             "ca.crt": _write_pem(pki / "ca.crt", cert=ca),
+            "ca.key": _write_pem(pki / "ca.key", key=ca_key),  # signs other servers' certificates (KServe's webhooks)
             "server.crt": _write_pem(pki / "server.crt", cert=server),
             "server.key": _write_pem(pki / "server.key", key=server_key),
             "admin.crt": _write_pem(pki / "admin.crt", cert=admin),

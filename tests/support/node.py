@@ -317,6 +317,13 @@ state = "{state / "state"}"
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
+        clean_up_service_rules(self.binaries)
+
+
+def clean_up_service_rules(binaries: Path) -> None:
+    """kube-proxy's iptables chains outlive it: remove them (what `kube-proxy --cleanup` is for)."""
+    with contextlib.suppress(Exception):
+        subprocess.run([str(binaries / "kube-proxy"), "--cleanup"], capture_output=True, timeout=60, check=False)
 
 
 def _run(command: list[str], timeout: float = 300) -> str:
@@ -324,6 +331,73 @@ def _run(command: list[str], timeout: float = 300) -> str:
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command[:4])} failed: {result.stderr.strip()[-1500:]}")
     return result.stdout
+
+
+# -- what tests on the node share ---------------------------------------------------------------
+def wait_rolled_out(apps, name: str, namespace: str, seconds: float = 240) -> float:
+    """Seconds until Deployment `name` runs its latest template on every replica, all available (it may not
+    exist yet: a controller makes it)."""
+    from kubernetes.client import ApiException
+
+    started = time.monotonic()
+    seen = "not created"
+    while time.monotonic() < started + seconds:
+        try:
+            deployment = apps.read_namespaced_deployment(name, namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        else:
+            status, wanted = deployment.status, deployment.spec.replicas
+            seen = status
+            if (
+                wanted >= 1
+                and (status.observed_generation or 0) >= deployment.metadata.generation
+                and status.updated_replicas == status.replicas == status.available_replicas == wanted
+                and not status.unavailable_replicas
+            ):
+                return time.monotonic() - started
+        time.sleep(1)
+    raise AssertionError(
+        f"Deployment {namespace}/{name} not rolled out after {seconds:.0f} s: {seen}\n{_why(apps, namespace)}"
+    )
+
+
+def _why(apps, namespace: str) -> str:
+    """The namespace's pods' states and its latest events: what a person would look at with kubectl."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(apps.api_client)
+    lines = []
+    for pod in core.list_namespaced_pod(namespace).items:
+        states = [(s.name, s.ready, s.state.waiting or s.state.terminated) for s in pod.status.container_statuses or []]
+        lines.append(f"pod {pod.metadata.name}: {pod.status.phase} {states}")
+    events = sorted(core.list_namespaced_event(namespace).items, key=lambda e: str(e.last_timestamp or ""))
+    lines += [f"event {e.involved_object.name}: {e.reason}: {e.message}" for e in events[-8:]]
+    return "\n".join(lines)
+
+
+def answers(url: str, spec, rows, seconds: float = 60) -> dict:
+    """The V1 answer of the predictor behind `url` (a Service's ClusterIP) for `rows`; retried while the
+    Service's endpoints and kube-proxy's rules catch up with readiness."""
+    import httpx
+
+    from serving.traffic import instances
+
+    deadline = time.monotonic() + seconds
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.post(
+                f"{url}/v1/models/{spec.name}:predict", json={"instances": instances(spec, rows)}, timeout=10
+            )
+            if response.status_code == 200:
+                return response.json()
+            last = f"HTTP {response.status_code}: {response.text[:300]}"
+        except httpx.TransportError as exc:
+            last = repr(exc)
+        time.sleep(1)
+    raise AssertionError(f"no answer from {url} in {seconds:.0f} s: {last}")
 
 
 # -- make cluster-up / cluster-down -------------------------------------------------------------
@@ -362,6 +436,7 @@ def down(workdir: Path) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     pids_file.unlink()
+    clean_up_service_rules(build_binaries())
     print(f"stopped the cluster under {workdir}")
 
 

@@ -1,5 +1,6 @@
-"""What the rollout tests on a real plane share: a spec whose rollout moves in one-second steps, and a
-fresh registry holding version 1 (@champion) and a challenger version 2 trained from it."""
+"""What the rollout tests share: a spec whose rollout moves in one-second steps, a fresh registry holding
+version 1 (@champion) and a challenger version 2 trained from it, and on a cluster without Prometheus, the
+answers Prometheus would give."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import yaml
 
 from components.spec import ModelSpec, parse_spec
 from pipelines.direct import train_and_register
+from serving.rollout.gates import Window
+from serving.rollout.providers import DriftReading, Measurement
 
 
 def fast_rollout_spec(spec: ModelSpec, gates: dict | None = None, **deployment) -> ModelSpec:
@@ -29,3 +32,19 @@ def champion_and_challenger(spec: ModelSpec, frame, home: Path) -> str:
     data["training"]["params"]["C"] = 0.5
     assert train_and_register(parse_spec(yaml.safe_dump(data)), frame, uri, home, "v2").alias == "challenger"
     return uri
+
+
+BUCKETS = ((0.005, 90.0), (0.01, 100.0), (float("inf"), 100.0))
+
+
+class PrometheusAnswers:
+    """What Prometheus would answer for the interval (the process edge the test controls)."""
+
+    def __init__(self):
+        self.errors = 0.0
+
+    def measure(self, model, revisions, interval_seconds, baseline):
+        return Measurement(Window(100.0, self.errors, BUCKETS), Window(900.0, 0.0, BUCKETS))
+
+    def drift(self, model, canary_version):
+        return DriftReading(0.05, 0.01)

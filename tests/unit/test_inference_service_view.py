@@ -9,7 +9,7 @@ import copy
 import pytest
 
 from serving.inference_service import ANNOTATION_CHAMPION, build_inference_service
-from serving.inference_service_view import InferenceServiceView, ServedModel
+from serving.inference_service_view import InferenceServiceView, ServedModel, serving_container
 
 
 def _spec(churn_spec, mode: str):
@@ -45,8 +45,22 @@ def test_promoting_leaves_the_canary_alone_at_full_traffic(canary_obj):
     assert view.mode == "single" and view.canary_percent is None and view.canary is None
     assert view.champion == ServedModel("champion", "models:/churn/2", "2")
     assert ANNOTATION_CHAMPION not in promoted["metadata"]["annotations"]
-    args = promoted["spec"]["predictor"]["containers"][0]["args"]
+    args = serving_container(promoted["spec"]["predictor"])["args"]
     assert "--role=champion" in args and "--role=canary" not in args
+    # KServe's stable `churn-predictor` now serves version 2; its webhook refuses a stable model's container name.
+    assert "name" not in promoted["spec"]["predictor"] and "name" not in promoted["spec"]["predictor"]["model"]
+    assert promoted["spec"]["predictor"].get("minReplicas") == canary_obj["spec"]["predictor"].get("minReplicas")
+
+
+def test_an_object_with_containers_is_read_too(churn_spec):
+    """Objects written before the ServingRuntime shape (or by hand) spell the container out."""
+    obj = build_inference_service(_spec(churn_spec, "Standard"), "2", champion_version="1", canary_percent=10)
+    for predictor in (obj["spec"]["predictor"], obj["spec"]["canary"][0]["predictor"]):
+        model = predictor.pop("model")
+        predictor["containers"] = [{"name": "kserve-container", "image": model["image"], "args": model["args"]}]
+    view = InferenceServiceView(obj)
+    assert [m.version for m in view.served()] == ["1", "2"]
+    assert view.container("canary")["args"][-1] == "--role=canary"
 
 
 def test_a_single_predictor_is_the_champion_at_full_traffic(churn_spec):
@@ -58,7 +72,7 @@ def test_a_single_predictor_is_the_champion_at_full_traffic(churn_spec):
 
 def test_per_revision_settings_are_read_from_each_predictor(churn_spec):
     obj = build_inference_service(_spec(churn_spec, "Standard"), "2", champion_version="1", canary_percent=10)
-    obj["spec"]["canary"][0]["predictor"]["containers"][0]["env"] = [
+    serving_container(obj["spec"]["canary"][0]["predictor"])["env"] = [
         {"name": "SHEPHERD_FAULT_ERROR_RATE", "value": "0.5"},
         {"name": "OTHER", "value": "x"},
     ]
@@ -75,6 +89,6 @@ def test_malformed_objects_are_refused_naming_the_field(churn_spec):
     with pytest.raises(ValueError, match=ANNOTATION_CHAMPION):
         InferenceServiceView(knative).served()
     no_uri = build_inference_service(churn_spec, "1")
-    no_uri["spec"]["predictor"]["containers"][0]["args"] = ["--role=champion"]
+    serving_container(no_uri["spec"]["predictor"])["args"] = ["--role=champion"]
     with pytest.raises(ValueError, match="--model_uri"):
         InferenceServiceView(no_uri).served()

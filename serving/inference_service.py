@@ -23,7 +23,27 @@ from components.spec import ModelSpec
 ANNOTATION_POLICY = "shepherd.io/rollout-policy"
 ANNOTATION_VERSION = "shepherd.io/model-version"
 ANNOTATION_CHAMPION = "shepherd.io/champion-version"
+ANNOTATION_STATE = "shepherd.io/rollout-state"  # the rollout loop's state machine (serving/rollout/machine.py)
+ANNOTATION_BASELINE = "shepherd.io/rollout-baseline"  # the loop's counter baseline (serving/rollout/scrape.py)
+# Shepherd's bookkeeping on an InferenceService, none of it a setting of the pods. KServe copies an
+# InferenceService's annotations into its predictors' pod templates unless its `inferenceservice-config` lists the
+# keys (exact keys: no prefixes) in `inferenceService.serviceAnnotationDisallowedList`; without that list every write
+# of the loop's state would roll the champion's and the canary's pods (found on the real controller).
+SHEPHERD_ANNOTATIONS = (
+    ANNOTATION_VERSION,
+    ANNOTATION_CHAMPION,
+    ANNOTATION_POLICY,
+    ANNOTATION_STATE,
+    ANNOTATION_BASELINE,
+)
 DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
+
+
+def kserve_inference_service_setting() -> dict:
+    """What Shepherd needs merged into the `inferenceService` key of KServe's `inferenceservice-config` ConfigMap
+    (helm/shepherd/README.md shows it as a platform team applies it)."""
+    return {"serviceAnnotationDisallowedList": list(SHEPHERD_ANNOTATIONS)}
+
 
 # Hardened by default: nothing a model server needs requires more.
 SERVING_RUNTIME = "shepherd"  # manifests/base/models/servingruntime.yaml

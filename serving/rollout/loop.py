@@ -18,7 +18,13 @@ from dataclasses import replace
 
 from components import registry
 from serving.backends import ConflictError, retry_on_conflict
-from serving.inference_service import ANNOTATION_CHAMPION, ANNOTATION_POLICY, ANNOTATION_VERSION
+from serving.inference_service import (
+    ANNOTATION_BASELINE,
+    ANNOTATION_CHAMPION,
+    ANNOTATION_POLICY,
+    ANNOTATION_STATE,
+    ANNOTATION_VERSION,
+)
 from serving.inference_service_view import InferenceServiceView
 from serving.rollout import scrape
 from serving.rollout.gates import (
@@ -34,7 +40,6 @@ from serving.rollout.gates import (
     quality,
 )
 from serving.rollout.machine import (
-    ANNOTATION_STATE,
     TERMINAL,
     Action,
     Decision,
@@ -196,7 +201,7 @@ def reconcile_once(
     state = State.from_annotation(annotations[ANNOTATION_STATE])
     if state.phase in TERMINAL:
         return Decision(Action.HOLD, state, f"rollout already {state.phase}")
-    stored = annotations.get(scrape.ANNOTATION_BASELINE)
+    stored = annotations.get(ANNOTATION_BASELINE)
     baseline = scrape.baseline_from_annotation(stored) if stored else None
     # A source that cannot be read leaves its gates inconclusive ("query failed" is not "no data"): the
     # machine holds on them, and still rolls back on any gate that failed.
@@ -265,7 +270,7 @@ def _operate_once(backend, tracking_uri: str, namespace: str, name: str, command
         raise ValueError(f"unknown rollout command {command!r}; expected rollback, pause, resume or approve")
     if decision.state == state:
         return decision
-    stored = annotations.get(scrape.ANNOTATION_BASELINE)
+    stored = annotations.get(ANNOTATION_BASELINE)
     _write(backend, obj, decision, scrape.baseline_from_annotation(stored) if stored else None, policy)
     _move_aliases(tracking_uri, name, decision)
     _record(backend, obj, decision, command, None, policy)
@@ -295,5 +300,5 @@ def _write(backend, obj: dict, decision: Decision, baseline: dict | None, policy
     new["metadata"] = {k: v for k, v in new["metadata"].items() if k in kept}
     new["metadata"]["annotations"][ANNOTATION_STATE] = decision.state.to_annotation()
     if baseline is not None:
-        new["metadata"]["annotations"][scrape.ANNOTATION_BASELINE] = scrape.baseline_to_annotation(baseline)
+        new["metadata"]["annotations"][ANNOTATION_BASELINE] = scrape.baseline_to_annotation(baseline)
     backend.apply(new)

@@ -13,8 +13,6 @@ from enum import StrEnum
 
 from serving.rollout.gates import GateResult, Threshold, Verdict
 
-ANNOTATION_STATE = "shepherd.io/rollout-state"
-
 
 class Phase(StrEnum):
     PROGRESSING = "progressing"

@@ -20,8 +20,6 @@ from dataclasses import asdict, dataclass, replace
 from monitoring.metrics import PLANE_UNAVAILABLE_TOTAL, REQUEST_DURATION_SECONDS, REQUESTS_TOTAL
 from serving.rollout.gates import Window
 
-ANNOTATION_BASELINE = "shepherd.io/rollout-baseline"
-
 
 @dataclass(frozen=True)
 class Counters:

@@ -16,7 +16,7 @@ import pytest
 from tests.support.containers import shepherd_image
 from tests.support.control_plane import ControlPlane, build_binaries
 from tests.support.crds import KSERVE_MODULE, KSERVE_VERSION, module_dir, prometheus_operator_crds
-from tests.support.node import POD_GATEWAY, Node, missing_prerequisites
+from tests.support.node import POD_GATEWAY, Node, missing_prerequisites, node_ip
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +63,7 @@ def node(tmp_path_factory):
         pytest.skip(reason)
     image = shepherd_image()
     workdir = tmp_path_factory.mktemp("real-node")
-    plane = ControlPlane(workdir / "control-plane", build_binaries()).start()
+    plane = ControlPlane(workdir / "control-plane", build_binaries(), advertise=node_ip()).start()  # pods call it
     started = time.monotonic()
     node = Node(workdir / "node", plane, build_binaries())
     try:

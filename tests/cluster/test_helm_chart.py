@@ -24,9 +24,9 @@ COMPONENTS = {"controller", "drift", "webhook"}
 MONITORING_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "AlertmanagerConfig"}
 
 
-def helm(*args: str, kubeconfig=None) -> subprocess.CompletedProcess:
+def helm(*args: str, kubeconfig=None, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {"KUBECONFIG": str(kubeconfig)} if kubeconfig else {"KUBECONFIG": os.devnull}
-    return tools.run("helm", *args, env=env, timeout=120)
+    return tools.run("helm", *args, env=env, timeout=timeout)
 
 
 def render(scenario: str, namespace: str = "shepherd", model_namespace: str = "models", *extra: str) -> str:

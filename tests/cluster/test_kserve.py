@@ -9,7 +9,8 @@ the code the deploy step and the rollout controller run (`KubernetesBackend`, `r
   answering through the Service what version 1 answers in this process;
 - the canary (version 2 at 10 %) becomes `churn-v2-predictor` beside it, each Service answering its own version,
   and KServe's status reports it; the shape KServe 0.20 refuses (an unnamed canary) is refused by its webhook;
-- the rollout loop steps it (KServe's status follows), promotes it (the stable Deployment rolls to version 2 and the
+- the rollout loop steps it (KServe's status follows; Shepherd's annotations, which the loop writes at every step,
+  stay out of the pods, so no step restarts a predictor), promotes it (the stable Deployment rolls to version 2 and the
   canary's goes), and rolls a failing canary back to 0 % (KServe's status follows; the champion is untouched).
 
 Metrics are the one stand-in (tests.support.rollouts.PrometheusAnswers): the loop's gates are proven against a
@@ -180,9 +181,19 @@ def test_the_canary_runs_beside_the_champion_each_answering_its_version(
     np.testing.assert_allclose(_served(core, "churn-v2-predictor", spec, rows), v2, atol=1e-5)
 
 
+def _pod_uids(core) -> dict[str, str]:
+    """The running predictor pods' uids by Deployment: a rolled Deployment has new pods."""
+    pods = core.list_namespaced_pod(NAMESPACE).items
+    running = [p for p in pods if p.metadata.deletion_timestamp is None and p.status.phase == "Running"]
+    uids = {(p.metadata.labels or {}).get("app", ""): p.metadata.uid for p in running}
+    assert {"isvc.churn-predictor", "isvc.churn-v2-predictor"} <= set(uids), uids
+    return uids
+
+
 def test_the_rollout_loop_steps_and_promotes_on_the_real_controller(cluster, two_versions, model_server, churn_frame):
     backend, core, apps, _ = cluster
     spec, metrics, now, actions = two_versions, PrometheusAnswers(), 1000.0, []
+    pods_before = _pod_uids(core)
     while (decision := reconcile_once(backend, model_server[0], NAMESPACE, "churn", now, provider=metrics)) is not None:
         actions.append(decision.action)
         if decision.action is Action.STEP:
@@ -192,6 +203,13 @@ def test_the_rollout_loop_steps_and_promotes_on_the_real_controller(cluster, two
                 lambda s, p=percent: [c["trafficPercent"] for c in s.get("canaryStatuses", [])] == [p],
                 f"the canary at {percent} %",
             )
+            # Each step wrote the loop's state and baseline annotations: KServe, told to keep them out of the pods
+            # (tests.support.kserve), rolled neither predictor's pods for it.
+            for deployment in ("churn-predictor", "churn-v2-predictor"):
+                template = apps.read_namespaced_deployment(deployment, NAMESPACE).spec.template
+                copied = [k for k in template.metadata.annotations or {} if k.startswith("shepherd.io/")]
+                assert copied == [], (deployment, copied)
+            assert _pod_uids(core) == pods_before
         now += 61
         assert len(actions) < 10, actions
     assert [a for a in actions if a is not Action.HOLD] == [Action.STEP, Action.STEP, Action.PROMOTE]

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import jsonschema
 import pytest
 import yaml
 
-from serving.inference_service import ANNOTATION_CHAMPION, ANNOTATION_POLICY, build_inference_service, to_yaml
+from serving.inference_service import (
+    ANNOTATION_CHAMPION,
+    ANNOTATION_POLICY,
+    SHEPHERD_ANNOTATIONS,
+    build_inference_service,
+    kserve_inference_service_setting,
+    to_yaml,
+)
 from serving.inference_service_view import serving_container
 from tests.conftest import REPO
 from tests.support.crds import validate_inference_service
@@ -38,6 +48,19 @@ def test_standard_canary_uses_spec_canary(churn_spec):
     assert serving_container(obj["spec"]["canary"][0]["predictor"])["args"][0] == "--model_uri=models:/churn/2"
     assert obj["metadata"]["annotations"][ANNOTATION_CHAMPION] == "1"
     assert '"steps": [10, 25, 50, 100]' in obj["metadata"]["annotations"][ANNOTATION_POLICY]
+
+
+def test_every_shepherd_annotation_is_kept_out_of_the_pods_by_the_documented_kserve_setting(churn_spec):
+    """KServe copies what is not on its disallow list into the pod templates (tests/cluster/test_kserve.py shows the
+    loop's writes rolling no pod with it): every shepherd.io/ key the builder writes is on the list, and the list a
+    platform team is told to apply (helm/shepherd/README.md) is the one the code names."""
+    obj = build_inference_service(churn_spec, "2", champion_version="1", canary_percent=10)
+    written = {k for k in obj["metadata"]["annotations"] if k.startswith("shepherd.io/")}
+    assert written and written <= set(SHEPHERD_ANNOTATIONS)
+    assert all(k.startswith("shepherd.io/") for k in SHEPHERD_ANNOTATIONS)
+    readme = (REPO / "helm" / "shepherd" / "README.md").read_text()
+    (documented,) = re.findall(r'^"serviceAnnotationDisallowedList": .*$', readme, re.M)
+    assert json.loads("{" + documented + "}") == kserve_inference_service_setting()
 
 
 def test_knative_canary_uses_canary_traffic_percent(churn_spec):

@@ -22,6 +22,7 @@ import httpx
 from serving.local_plane import free_port
 
 REPO = Path(__file__).resolve().parent.parent.parent
+SERVICE_RANGE = "10.0.0.0/24"  # ClusterIPs; the first is the `kubernetes` Service
 
 
 def build_binaries() -> Path:
@@ -83,13 +84,29 @@ def _certificate(subject: list, issuer_cert, issuer_key, key, *, ca=False, sans=
 
 @dataclass
 class ControlPlane:
-    """etcd + kube-apiserver on loopback ports, with an admin kubeconfig."""
+    """etcd + kube-apiserver on loopback ports, with an admin kubeconfig. With `advertise` (a real node's address,
+    tests.support.node) pods reach it too: the apiserver listens on every address, is the `kubernetes` Service's
+    endpoint there, its certificate names that address and the Service's, and pods get ServiceAccount tokens."""
 
     workdir: Path
     binaries: Path
+    advertise: str | None = None
     processes: list = field(default_factory=list)
     url: str = ""
     kubeconfig: Path | None = None
+
+    def _pod_sans(self) -> list:
+        from cryptography import x509
+
+        if not self.advertise:
+            return []
+        service_ip = next(ipaddress.ip_network(SERVICE_RANGE).hosts())  # the `kubernetes` Service's ClusterIP
+        names = ["kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"]
+        return [
+            x509.IPAddress(ipaddress.ip_address(self.advertise)),
+            x509.IPAddress(service_ip),
+            *(x509.DNSName(n) for n in names),
+        ]
 
     def start(self, timeout: float = 120) -> ControlPlane:
         from cryptography import x509
@@ -104,7 +121,7 @@ class ControlPlane:
             ca,
             ca_key,
             server_key,
-            sans=[x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")],
+            sans=[x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost"), *self._pod_sans()],
         )
         admin_key = _key()
         admin = _certificate(
@@ -159,15 +176,20 @@ class ControlPlane:
                 f"--etcd-servers=http://127.0.0.1:{etcd_port}",
                 f"--cert-dir={self.workdir / 'apiserver-certs'}",
                 f"--secure-port={api_port}",
-                "--bind-address=127.0.0.1",
+                *(
+                    ["--bind-address=0.0.0.0", f"--advertise-address={self.advertise}"]
+                    if self.advertise
+                    else ["--bind-address=127.0.0.1"]
+                ),
                 f"--tls-cert-file={files['server.crt']}",
                 f"--tls-private-key-file={files['server.key']}",
                 f"--client-ca-file={files['ca.crt']}",
-                "--service-cluster-ip-range=10.0.0.0/24",
+                f"--service-cluster-ip-range={SERVICE_RANGE}",
                 "--allow-privileged=true",
                 # A real node (tests.support.node) is reached by its address: its name does not resolve here.
                 "--kubelet-preferred-address-types=InternalIP",
-                "--disable-admission-plugins=ServiceAccount",
+                # Without controllers no ServiceAccount exists, and the plugin would refuse every pod.
+                *([] if self.advertise else ["--disable-admission-plugins=ServiceAccount"]),
                 "--authorization-mode=RBAC",
                 f"--service-account-issuer=https://127.0.0.1:{api_port}/",
                 f"--service-account-key-file={pki / 'sa.pub'}",
@@ -227,13 +249,18 @@ current-context: test
 
     def install_crd(self, path: Path) -> None:
         """Create a CRD (client-side create: server-side apply of a 2 MB CRD is not needed here) and
-        wait until it is Established."""
+        wait until it is Established. One already there (another test's fixture installed it) is kept."""
         import yaml
         from kubernetes import client
+        from kubernetes.client import ApiException
 
         body = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
         api = client.ApiextensionsV1Api(self.api_client())
-        api.create_custom_resource_definition(body)
+        try:
+            api.create_custom_resource_definition(body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             crd = api.read_custom_resource_definition(body["metadata"]["name"])

@@ -2,8 +2,9 @@
 by `scripts/kserve-tools.sh`, run as a process with the admin kubeconfig (as kind or a cluster would run it as a pod,
 minus the pod). Installed as KServe's own install does, from the same module's `config/`:
 - the CRDs of config/crd/full the manager watches;
-- the `inferenceservice-config` ConfigMap in `kserve`, with two settings changed: Standard (RawDeployment) mode by
-  default, and no Ingress objects (no ingress controller runs here);
+- the `inferenceservice-config` ConfigMap in `kserve`, with three settings changed: Standard (RawDeployment) mode by
+  default, no Ingress objects (no ingress controller runs here), and Shepherd's annotations kept out of the pods
+  (`kserve_inference_service_setting`, the setting helm/shepherd/README.md asks a platform team for);
 - its admission webhooks (InferenceService defaulter and validator, the pod mutator, the ServingRuntime validator),
   with a `url` on this machine instead of the in-cluster Service, and a serving certificate for 127.0.0.1 signed by
   the control plane's CA (cert-manager's job in a real install).
@@ -24,6 +25,7 @@ from pathlib import Path
 import httpx
 import yaml
 
+from serving.inference_service import kserve_inference_service_setting
 from serving.local_plane import free_port
 from tests.support.control_plane import REPO, ControlPlane, _certificate, _key, _write_pem
 from tests.support.crds import KSERVE_MODULE, KSERVE_VERSION, module_dir
@@ -52,7 +54,8 @@ def build_manager() -> Path:
 
 
 def controller_config() -> dict:
-    """KServe's own `inferenceservice-config`, set for this machine: Standard mode, no Ingress."""
+    """KServe's own `inferenceservice-config`, set for this machine: Standard mode, no Ingress, and Shepherd's
+    bookkeeping annotations not copied into the pods."""
     config_map = yaml.safe_load((_config() / "configmap" / "inferenceservice.yaml").read_text())
     data = config_map["data"]
     data.pop("_example", None)
@@ -60,6 +63,8 @@ def controller_config() -> dict:
     data["deploy"] = json.dumps({**deploy, "defaultDeploymentMode": "Standard"})
     ingress = json.loads(data["ingress"])
     data["ingress"] = json.dumps({**ingress, "disableIngressCreation": True})
+    inference_service = json.loads(data.get("inferenceService") or "{}")
+    data["inferenceService"] = json.dumps({**inference_service, **kserve_inference_service_setting()})
     return config_map
 
 

@@ -406,7 +406,7 @@ def up(workdir: Path) -> None:
     if reason := missing_prerequisites():
         raise SystemExit(f"error: {reason}")
     started = time.monotonic()
-    plane = ControlPlane(workdir / "control-plane", build_binaries()).start()
+    plane = ControlPlane(workdir / "control-plane", build_binaries(), advertise=node_ip()).start()
     node = Node(workdir / "node", plane, build_binaries()).start()
     pids = [p.pid for _, p in plane.processes] + [p.pid for _, p in node.processes]
     (workdir / "pids").write_text(json.dumps(pids))

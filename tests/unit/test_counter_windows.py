@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
 from monitoring.metrics import LATENCY_BUCKETS, PredictorMetrics
+from serving.inference_service import ANNOTATION_BASELINE
 from serving.rollout import scrape
 from serving.rollout.gates import Window
 from serving.rollout.loop import reconcile_once
@@ -222,7 +223,7 @@ def test_the_loop_keeps_counting_a_restarted_canary_from_its_restart(churn_spec,
     canary.serve(ok=20, error=3)
     early = reconcile_once(api, uri, NS, NAME, 1030.0)  # mid-interval: no decision, but the restart is seen
     assert early.action is Action.HOLD and "runs until" in early.reason
-    stored = api.get(NS, NAME)["metadata"]["annotations"][scrape.ANNOTATION_BASELINE]
+    stored = api.get(NS, NAME)["metadata"]["annotations"][ANNOTATION_BASELINE]
     assert scrape.baseline_from_annotation(stored)["canary"] == Counters()
 
     # The new process now passes the old baseline in every series: only the stored zero still knows it restarted.

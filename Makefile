@@ -59,7 +59,7 @@ run: demo ## Same as demo
 test: venv e2e-tools ## Set up and run the whole test suite (as CI does)
 	@# The image builds in the background while the first tests run (tests/image waits for it, under a lock).
 	@mkdir -p $${SHEPHERD_CACHE:-$$HOME/.cache/shepherd}; (./scripts/image.sh > $${SHEPHERD_CACHE:-$$HOME/.cache/shepherd}/image-build.log 2>&1 &)
-	@$(PY) -m pytest
+	@$(PY) -m pytest --durations=40
 
 E2E_PACKAGES = prometheus prometheus-alertmanager postgresql containerd runc conntrack containernetworking-plugins
 

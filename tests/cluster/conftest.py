@@ -1,8 +1,11 @@
 """The cluster tests' fixtures: a bare kube-apiserver with KServe's CRDs (tests write controllers' status
-themselves), and a real node (tests.support.node) with an MLflow server its pods reach, both once per session."""
+themselves), and a real node (tests.support.node) with an MLflow server its pods reach, the real KServe controller,
+a real Prometheus scraping the node's predictor pods as the chart's PodMonitor says, and the chart installed with
+`helm install`, all once per session."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -12,11 +15,20 @@ import uuid
 
 import httpx
 import pytest
+import yaml
 
+from tests.conftest import REPO
 from tests.support.containers import shepherd_image
 from tests.support.control_plane import ControlPlane, build_binaries
 from tests.support.crds import KSERVE_MODULE, KSERVE_VERSION, module_dir, prometheus_operator_crds
+from tests.support.kserve import KServeController, build_manager
 from tests.support.node import POD_GATEWAY, Node, missing_prerequisites, node_ip
+from tests.support.prometheus import start_prometheus
+
+GROUP = "serving.kserve.io"
+MODEL_NAMESPACE = "models"  # test_kserve's: its rollouts are driven by the test, no controller pod watches it
+CHART_MODEL_NAMESPACE = "chart-models"  # the chart's controller pod's (test_chart_on_node, test_rollout_on_node)
+RELEASE_NAMESPACE = "shepherd"
 
 
 @pytest.fixture(scope="session")
@@ -107,3 +119,177 @@ def model_server(tmp_path_factory, churn_spec, churn_frame):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def prepare_model_namespace(api, namespace: str, image: str, tracking_uri: str) -> None:
+    """A model namespace as `manifests/base/models` makes it: the `shepherd` ServingRuntime (the test's image) and
+    the serving ConfigMap naming the MLflow server pods reach. Created if missing."""
+    from kubernetes import client
+    from kubernetes.client import ApiException
+
+    core = client.CoreV1Api(api)
+    try:
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    config_map = yaml.safe_load((REPO / "manifests/base/models/serving-config.yaml").read_text())
+    config_map["data"]["MLFLOW_TRACKING_URI"] = tracking_uri
+    core.create_namespaced_config_map(namespace, config_map)
+    runtime = yaml.safe_load((REPO / "manifests/base/models/servingruntime.yaml").read_text())
+    runtime["spec"]["containers"][0]["image"] = image
+    client.CustomObjectsApi(api).create_namespaced_custom_object(
+        GROUP, "v1alpha1", namespace, "servingruntimes", runtime
+    )
+
+
+@pytest.fixture(scope="session")
+def kserve(node, model_server, tmp_path_factory):
+    """KServe's controller and webhooks on the node's control plane, the `shepherd-models` ClusterStorageContainer
+    (the test's image), and test_kserve's model namespace."""
+    from kubernetes import client
+
+    the_node, image = node
+    controller = KServeController(tmp_path_factory.mktemp("kserve"), the_node.plane, build_manager())
+    try:
+        controller.start()
+        api = the_node.plane.api_client()
+        storage = yaml.safe_load((REPO / "manifests/base/models/storage-container.yaml").read_text())
+        storage["spec"]["container"]["image"] = image
+        client.CustomObjectsApi(api).create_cluster_custom_object(
+            GROUP, "v1alpha1", "clusterstoragecontainers", storage
+        )
+        prepare_model_namespace(api, MODEL_NAMESPACE, image, model_server[1])
+        yield controller
+    finally:
+        controller.stop()
+
+
+def predictor_scrape_config(plane: ControlPlane, namespace: str, interval: str = "1s") -> dict:
+    """What prometheus-operator makes of the chart's PodMonitor (helm template of the chart's defaults): a
+    pod-discovery job over `namespace`, its selector and relabelings as the operator translates them, the job
+    label `<namespace>/<name>` the rules expect."""
+    from tests.cluster.test_helm_chart import by_kind, documents, render
+
+    monitor = by_kind(documents(render("default", RELEASE_NAMESPACE, namespace)), "PodMonitor")["shepherd-predictor"]
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    (selected,) = monitor["spec"]["selector"]["matchExpressions"]
+    assert selected["operator"] == "Exists"
+    present = "__meta_kubernetes_pod_labelpresent_" + "".join(c if c.isalnum() else "_" for c in selected["key"])
+    relabel = [{"action": "keep", "source_labels": [present], "regex": "true"}]
+    for rule in endpoint["relabelings"]:
+        relabel.append(
+            {
+                {"sourceLabels": "source_labels", "targetLabel": "target_label"}.get(key, key): value
+                for key, value in rule.items()
+            }
+        )
+    relabel.append(
+        {"action": "replace", "target_label": "job", "replacement": f"{RELEASE_NAMESPACE}/shepherd-predictor"}
+    )
+    pki = plane.workdir / "pki"
+    return {
+        "job_name": f"podMonitor/{RELEASE_NAMESPACE}/shepherd-predictor/0",
+        "honor_labels": endpoint["honorLabels"],
+        "metrics_path": endpoint["path"],
+        "scrape_interval": interval,
+        "scrape_timeout": interval,
+        "kubernetes_sd_configs": [
+            {
+                "role": "pod",
+                "api_server": plane.url,
+                "namespaces": {"names": [namespace]},
+                "tls_config": {
+                    "ca_file": str(pki / "ca.crt"),
+                    "cert_file": str(pki / "admin.crt"),
+                    "key_file": str(pki / "admin.key"),
+                },
+            }
+        ],
+        "relabel_configs": relabel,
+    }
+
+
+@pytest.fixture(scope="session")
+def cluster_prometheus(node, tmp_path_factory):
+    """A real Prometheus on this machine scraping the node's predictor pods in the chart's model namespace, where
+    the chart's controller pod reaches it (the bridge's address); yields (Prometheus, URL for pods)."""
+    from tests.support.prometheus import binary
+
+    binary("prometheus")  # fails (CI) or skips with how to get it
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [predictor_scrape_config(node[0].plane, CHART_MODEL_NAMESPACE)],
+    }
+    prometheus = start_prometheus(tmp_path_factory.mktemp("cluster-prometheus"), config, listen_host="0.0.0.0")
+    try:
+        yield prometheus, prometheus.url.replace("127.0.0.1", POD_GATEWAY)
+    finally:
+        prometheus.stop()
+
+
+@pytest.fixture(scope="session")
+def chart_release(node, kserve, model_server, cluster_prometheus, tmp_path_factory):
+    """helm/shepherd installed for real (`helm install --wait`) with its defaults (ci/default-values.yaml), the
+    test's image, the MLflow server and the Prometheus pods reach, a 2 s controller interval, and its model
+    namespace prepared; yields (core API, seconds from install to every pod Ready)."""
+    from kubernetes import client
+
+    from tests.cluster.test_helm_chart import CHART, RELEASE, helm
+
+    the_node, image = node
+    plane = the_node.plane
+    for crd in prometheus_operator_crds(tmp_path_factory.mktemp("crds")):  # the chart's monitoring objects
+        plane.install_crd(crd)
+    api = plane.api_client()
+    prepare_model_namespace(api, CHART_MODEL_NAMESPACE, image, model_server[1])
+    core = client.CoreV1Api(api)
+    repository, tag = image.rsplit(":", 1)
+    settings = {
+        "image.repository": repository,
+        "image.tag": tag,
+        "image.pullPolicy": "Never",
+        "modelNamespace": CHART_MODEL_NAMESPACE,
+        "mlflow.externalUrl": model_server[1],
+        "controller.prometheusUrl": cluster_prometheus[1],
+        "controller.intervalSeconds": "2",
+    }
+    started = time.monotonic()
+    installed = helm(
+        "install",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        RELEASE_NAMESPACE,
+        "--create-namespace",
+        "--values",
+        str(CHART / "ci" / "default-values.yaml"),
+        "--set",
+        ",".join(f"{k}={v}" for k, v in settings.items()),
+        "--wait",
+        "--timeout=5m",
+        kubeconfig=plane.kubeconfig,
+        timeout=400,
+    )
+    seconds = time.monotonic() - started
+    if installed.returncode != 0:
+        raise AssertionError(f"helm install failed:\n{installed.stderr}\n{pods_report(core, RELEASE_NAMESPACE)}")
+    print(f"\nhelm install -> every pod Ready in {seconds:.1f} s")
+    try:
+        yield core, seconds
+    finally:
+        helm("uninstall", RELEASE, "--namespace", RELEASE_NAMESPACE, "--wait", kubeconfig=plane.kubeconfig, timeout=200)
+
+
+def pods_report(core, namespace: str) -> str:
+    """Each pod's phase and containers' state, with the log tail of any not ready or restarted (for failures)."""
+    lines = []
+    for pod in core.list_namespaced_pod(namespace).items:
+        statuses = pod.status.container_statuses or []
+        states = [(s.name, s.ready, s.restart_count, s.state.waiting and s.state.waiting.reason) for s in statuses]
+        lines.append(f"{pod.metadata.name}: {pod.status.phase} {states}")
+        for status in statuses:
+            if status.restart_count or not status.ready:
+                with contextlib.suppress(Exception):
+                    lines.append(core.read_namespaced_pod_log(pod.metadata.name, namespace, tail_lines=20))
+    return "\n".join(lines) or "(no pods)"

@@ -22,70 +22,20 @@ import httpx
 import pytest
 import yaml
 
-from tests.cluster.test_helm_chart import CHART, RELEASE, helm
-from tests.support.crds import KSERVE_MODULE, KSERVE_VERSION, module_dir, prometheus_operator_crds
-from tests.support.node import POD_GATEWAY
+from tests.cluster.conftest import CHART_MODEL_NAMESPACE, RELEASE_NAMESPACE, pods_report
+from tests.cluster.test_helm_chart import CHART, RELEASE
 
-NAMESPACE = "shepherd"
-MODEL_NAMESPACE = "chart-models"  # not test_kserve's `models`: this release's controller must not act on its rollouts
+NAMESPACE = RELEASE_NAMESPACE
 COMPONENTS = ("controller", "drift", "webhook")
 
 
 @pytest.fixture(scope="module")
-def release(node, model_server, tmp_path_factory):
-    """`helm install --wait` of the chart's defaults with the test's image; yields (core API, seconds to Ready)."""
-    from kubernetes import client
-
-    the_node, image = node
-    plane = the_node.plane
-    crds = module_dir(KSERVE_MODULE, KSERVE_VERSION) / "config" / "crd" / "full"
-    plane.install_crd(crds / "serving.kserve.io_inferenceservices.yaml")
-    for crd in prometheus_operator_crds(tmp_path_factory.mktemp("crds")):
-        plane.install_crd(crd)
-    core = client.CoreV1Api(plane.api_client())
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=MODEL_NAMESPACE)))
-    repository, tag = image.rsplit(":", 1)
-    started = time.monotonic()
-    installed = helm(
-        "install",
-        RELEASE,
-        str(CHART),
-        "--namespace",
-        NAMESPACE,
-        "--create-namespace",
-        "--values",
-        str(CHART / "ci" / "default-values.yaml"),
-        "--set",
-        f"image.repository={repository},image.tag={tag},image.pullPolicy=Never,modelNamespace={MODEL_NAMESPACE}",
-        "--set",
-        # No Prometheus is needed until a rollout is judged (none is, here).
-        f"mlflow.externalUrl={model_server[1]},controller.prometheusUrl=http://{POD_GATEWAY}:9",
-        "--wait",
-        "--timeout=5m",
-        kubeconfig=plane.kubeconfig,
-        timeout=400,
-    )
-    seconds = time.monotonic() - started
-    if installed.returncode != 0:
-        raise AssertionError(f"helm install failed:\n{installed.stderr}\n{_pods_report(core)}")
-    print(f"\nhelm install -> every pod Ready in {seconds:.1f} s")
-    try:
-        yield core, seconds
-    finally:
-        helm("uninstall", RELEASE, "--namespace", NAMESPACE, "--wait", kubeconfig=plane.kubeconfig, timeout=200)
+def release(chart_release):
+    return chart_release
 
 
 def _pods_report(core) -> str:
-    lines = []
-    for pod in core.list_namespaced_pod(NAMESPACE).items:
-        statuses = pod.status.container_statuses or []
-        states = [(s.name, s.ready, s.restart_count, s.state.waiting and s.state.waiting.reason) for s in statuses]
-        lines.append(f"{pod.metadata.name}: {pod.status.phase} {states}")
-        for status in statuses:
-            if status.restart_count or not status.ready:
-                log = core.read_namespaced_pod_log(pod.metadata.name, NAMESPACE, tail_lines=20, previous=False)
-                lines.append(log)
-    return "\n".join(lines) or "(no pods)"
+    return pods_report(core, NAMESPACE)
 
 
 def _service_url(core, component: str) -> str:
@@ -128,7 +78,7 @@ def test_the_webhook_answers_through_its_service_only_with_the_charts_token(rele
                     "alertname": "ShepherdCanaryErrorRateHigh",
                     "shepherd_action": "rollback",
                     "model": "absent",
-                    "namespace": MODEL_NAMESPACE,
+                    "namespace": CHART_MODEL_NAMESPACE,
                 },
                 "annotations": {},
                 "startsAt": "2026-12-07T00:00:00Z",

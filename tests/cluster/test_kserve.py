@@ -36,41 +36,11 @@ from serving.inference_service import build_inference_service
 from serving.inference_service_view import InferenceServiceView
 from serving.rollout.loop import reconcile_once
 from serving.rollout.machine import Action
-from tests.conftest import REPO
-from tests.support.kserve import KServeController, build_manager
 from tests.support.node import answers, wait_rolled_out
 from tests.support.rollouts import PrometheusAnswers
 
 NAMESPACE = "models"
 GROUP, VERSION = "serving.kserve.io", "v1beta1"
-
-
-@pytest.fixture(scope="module")
-def kserve(node, model_server, tmp_path_factory):
-    """KServe's controller and webhooks on the node's control plane, and the model namespace with Shepherd's
-    ServingRuntime (the test's image) and serving ConfigMap (the MLflow server pods reach)."""
-    from kubernetes import client
-
-    the_node, image = node
-    controller = KServeController(tmp_path_factory.mktemp("kserve"), the_node.plane, build_manager())
-    try:
-        controller.start()
-        api = the_node.plane.api_client()
-        core = client.CoreV1Api(api)
-        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE)))
-        config_map = yaml.safe_load((REPO / "manifests/base/models/serving-config.yaml").read_text())
-        config_map["data"]["MLFLOW_TRACKING_URI"] = model_server[1]
-        core.create_namespaced_config_map(NAMESPACE, config_map)
-        runtime = yaml.safe_load((REPO / "manifests/base/models/servingruntime.yaml").read_text())
-        runtime["spec"]["containers"][0]["image"] = image
-        custom = client.CustomObjectsApi(api)
-        custom.create_namespaced_custom_object(GROUP, "v1alpha1", NAMESPACE, "servingruntimes", runtime)
-        storage = yaml.safe_load((REPO / "manifests/base/models/storage-container.yaml").read_text())
-        storage["spec"]["container"]["image"] = image
-        custom.create_cluster_custom_object(GROUP, "v1alpha1", "clusterstoragecontainers", storage)
-        yield controller
-    finally:
-        controller.stop()
 
 
 @pytest.fixture(scope="module")

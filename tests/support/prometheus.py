@@ -196,8 +196,9 @@ def plane_scrape_configs(plane_url: str, drift: bool = True) -> list[dict]:
     return jobs
 
 
-def start_prometheus(workdir: Path, config: dict) -> Prometheus:
-    """Start Prometheus with `config` (see prometheus_config) and wait until it is ready."""
+def start_prometheus(workdir: Path, config: dict, listen_host: str = "127.0.0.1") -> Prometheus:
+    """Start Prometheus with `config` (see prometheus_config) and wait until it is ready; `listen_host` 0.0.0.0
+    when pods must reach it (tests/cluster)."""
     path = binary(PROMETHEUS)
     workdir.mkdir(parents=True, exist_ok=True)
     config_file = workdir / "prometheus.yml"
@@ -209,7 +210,7 @@ def start_prometheus(workdir: Path, config: dict) -> Prometheus:
             path,
             f"--config.file={config_file}",
             f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
+            f"--web.listen-address={listen_host}:{port}",
             "--log.level=warn",
         ]
     )

@@ -6,10 +6,12 @@ a real Prometheus scraping the node's predictor pods as the chart's PodMonitor s
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -165,49 +167,87 @@ def kserve(node, model_server, tmp_path_factory):
         controller.stop()
 
 
-def predictor_scrape_config(plane: ControlPlane, namespace: str, interval: str = "1s") -> dict:
+def predictor_scrape_config(discovery_url: str, namespace: str, interval: str = "1s") -> dict:
     """What prometheus-operator makes of the chart's PodMonitor (helm template of the chart's defaults): a
     pod-discovery job over `namespace`, its selector and relabelings as the operator translates them, the job
-    label `<namespace>/<name>` the rules expect."""
+    label `<namespace>/<name>` the rules expect. Debian's Prometheus is built without Kubernetes discovery, so the
+    pods come from `PodDiscovery` (the same `__meta_kubernetes_pod_*` labels, over HTTP discovery)."""
     from tests.cluster.test_helm_chart import by_kind, documents, render
 
     monitor = by_kind(documents(render("default", RELEASE_NAMESPACE, namespace)), "PodMonitor")["shepherd-predictor"]
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
     (selected,) = monitor["spec"]["selector"]["matchExpressions"]
-    assert selected["operator"] == "Exists"
-    present = "__meta_kubernetes_pod_labelpresent_" + "".join(c if c.isalnum() else "_" for c in selected["key"])
-    relabel = [{"action": "keep", "source_labels": [present], "regex": "true"}]
-    for rule in endpoint["relabelings"]:
-        relabel.append(
-            {
-                {"sourceLabels": "source_labels", "targetLabel": "target_label"}.get(key, key): value
-                for key, value in rule.items()
-            }
-        )
-    relabel.append(
-        {"action": "replace", "target_label": "job", "replacement": f"{RELEASE_NAMESPACE}/shepherd-predictor"}
-    )
-    pki = plane.workdir / "pki"
+    assert selected["operator"] == "Exists" and monitor["spec"]["namespaceSelector"]["matchNames"] == [namespace]
+    relabel = [
+        {"action": "keep", "source_labels": [PodDiscovery.label("labelpresent", selected["key"])], "regex": "true"}
+    ]
+    renamed = {"sourceLabels": "source_labels", "targetLabel": "target_label"}
+    relabel += [{renamed.get(key, key): value for key, value in rule.items()} for rule in endpoint["relabelings"]]
+    job = f"{RELEASE_NAMESPACE}/shepherd-predictor"
+    relabel.append({"action": "replace", "target_label": "job", "replacement": job})
     return {
-        "job_name": f"podMonitor/{RELEASE_NAMESPACE}/shepherd-predictor/0",
+        "job_name": f"podMonitor/{job}/0",
         "honor_labels": endpoint["honorLabels"],
         "metrics_path": endpoint["path"],
         "scrape_interval": interval,
         "scrape_timeout": interval,
-        "kubernetes_sd_configs": [
-            {
-                "role": "pod",
-                "api_server": plane.url,
-                "namespaces": {"names": [namespace]},
-                "tls_config": {
-                    "ca_file": str(pki / "ca.crt"),
-                    "cert_file": str(pki / "admin.crt"),
-                    "key_file": str(pki / "admin.key"),
-                },
-            }
-        ],
+        "http_sd_configs": [{"url": discovery_url, "refresh_interval": "1s"}],
         "relabel_configs": relabel,
     }
+
+
+class PodDiscovery:
+    """Prometheus' Kubernetes pod discovery (role: pod) for one namespace, served over HTTP discovery: one target
+    per container of each running pod, with the `__meta_kubernetes_pod_*` labels Kubernetes discovery gives it."""
+
+    def __init__(self, api, namespace: str):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from kubernetes import client
+
+        core, namespace_ = client.CoreV1Api(api), namespace
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = json.dumps(PodDiscovery.targets(core, namespace_)).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/targets"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @staticmethod
+    def label(kind: str, name: str) -> str:
+        return f"__meta_kubernetes_pod_{kind}_" + "".join(c if c.isalnum() else "_" for c in name)
+
+    @staticmethod
+    def targets(core, namespace: str) -> list[dict]:
+        groups = []
+        for pod in core.list_namespaced_pod(namespace).items:
+            if not pod.status.pod_ip or pod.status.phase != "Running":
+                continue
+            labels = {"__meta_kubernetes_namespace": namespace, "__meta_kubernetes_pod_name": pod.metadata.name}
+            labels["__meta_kubernetes_pod_ip"] = pod.status.pod_ip
+            for key, value in (pod.metadata.labels or {}).items():
+                labels[PodDiscovery.label("label", key)] = value
+                labels[PodDiscovery.label("labelpresent", key)] = "true"
+            for container in pod.spec.containers:
+                ports = [p.container_port for p in container.ports or []]
+                address = f"{pod.status.pod_ip}:{ports[0]}" if ports else pod.status.pod_ip
+                groups.append(
+                    {"targets": [address], "labels": {**labels, "__meta_kubernetes_pod_container_name": container.name}}
+                )
+        return groups
+
+    def stop(self) -> None:
+        self.server.shutdown()
 
 
 @pytest.fixture(scope="session")
@@ -217,15 +257,19 @@ def cluster_prometheus(node, tmp_path_factory):
     from tests.support.prometheus import binary
 
     binary("prometheus")  # fails (CI) or skips with how to get it
+    discovery = PodDiscovery(node[0].plane.api_client(), CHART_MODEL_NAMESPACE)
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [predictor_scrape_config(node[0].plane, CHART_MODEL_NAMESPACE)],
+        "scrape_configs": [predictor_scrape_config(discovery.url, CHART_MODEL_NAMESPACE)],
     }
-    prometheus = start_prometheus(tmp_path_factory.mktemp("cluster-prometheus"), config, listen_host="0.0.0.0")
     try:
-        yield prometheus, prometheus.url.replace("127.0.0.1", POD_GATEWAY)
+        prometheus = start_prometheus(tmp_path_factory.mktemp("cluster-prometheus"), config, listen_host="0.0.0.0")
+        try:
+            yield prometheus, prometheus.url.replace("127.0.0.1", POD_GATEWAY)
+        finally:
+            prometheus.stop()
     finally:
-        prometheus.stop()
+        discovery.stop()
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,7 @@ import yaml
 
 from tests.cluster.conftest import CHART_MODEL_NAMESPACE, RELEASE_NAMESPACE, pods_report
 from tests.cluster.test_helm_chart import CHART, RELEASE
+from tests.support.node import wait_answering
 
 NAMESPACE = RELEASE_NAMESPACE
 COMPONENTS = ("controller", "drift", "webhook")
@@ -40,7 +41,9 @@ def _pods_report(core) -> str:
 
 def _service_url(core, component: str) -> str:
     service = core.read_namespaced_service(f"{RELEASE}-{component}", NAMESPACE)
-    return f"http://{service.spec.cluster_ip}:{service.spec.ports[0].port}"
+    url = f"http://{service.spec.cluster_ip}:{service.spec.ports[0].port}"
+    wait_answering(f"{url}/healthz")
+    return url
 
 
 def test_every_component_runs_ready_under_the_charts_security_context(release):

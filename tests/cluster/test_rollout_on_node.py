@@ -189,6 +189,7 @@ def story(chart_release, kserve, node, model_server, cluster_prometheus, churn_s
             report,
         )
         told["promoted_at"] = time.time()
+        told["scraped"] = cluster_prometheus[0].query('up{job="shepherd/shepherd-predictor"} == 1')
         wait_rolled_out(apps, f"{MODEL}-predictor", NAMESPACE)
         told["stable_after_promotion"] = serving_container(backend.get(NAMESPACE, MODEL)["spec"]["predictor"])
         told["controller_pods"] = (killed.metadata.uid, replacement.metadata.uid)
@@ -249,6 +250,13 @@ def test_the_controller_pod_promotes_the_healthy_canary_after_being_killed(story
     # The new pod went on from where the killed one stood: it promoted, after the kill.
     promoted = [e for e in story["events"] if "Promot" in e["reason"] and e["message"].startswith("v2")]
     assert promoted and promoted[0]["time"] >= story["killed_at"] - 1, story["events"]
+
+
+def test_prometheus_scraped_every_predictor_pod_as_the_podmonitor_says(story):
+    """The gates read what Prometheus scraped from the pods: the predictor pods are its targets, named by the
+    PodMonitor's relabelings (the address on the predictor's port, `model` from the InferenceService's label)."""
+    scraped = {(s["metric"]["model"], s["metric"]["instance"].split(":")[1]) for s in story["scraped"]}
+    assert scraped and all(model == MODEL and port == "8080" for model, port in scraped), story["scraped"]
 
 
 def test_the_controller_pod_rolls_back_a_failing_canary(story, model_server):

@@ -318,6 +318,17 @@ state = "{state / "state"}"
             except subprocess.TimeoutExpired:
                 process.kill()
         clean_up_service_rules(self.binaries)
+        unmount_under(self.workdir)
+
+
+def unmount_under(directory: Path) -> None:
+    """The kubelet's volume mounts and containerd's sandbox /dev/shm outlive them: unmount what is left under
+    `directory`, deepest first, so the directory can be removed."""
+    root = str(directory.resolve())
+    with open("/proc/self/mounts") as mounts:
+        points = [line.split()[1].encode().decode("unicode_escape") for line in mounts]
+    for point in sorted((p for p in points if p == root or p.startswith(root + "/")), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, timeout=30, check=False)
 
 
 def clean_up_service_rules(binaries: Path) -> None:
@@ -375,6 +386,25 @@ def _why(apps, namespace: str) -> str:
     events = sorted(core.list_namespaced_event(namespace).items, key=lambda e: str(e.last_timestamp or ""))
     lines += [f"event {e.involved_object.name}: {e.reason}: {e.message}" for e in events[-8:]]
     return "\n".join(lines)
+
+
+def wait_answering(url: str, seconds: float = 60) -> None:
+    """Until GET `url` answers 200 (a Service's ClusterIP: its endpoints and kube-proxy's rules follow a pod's
+    readiness by a few seconds)."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(url, timeout=5)
+            if response.status_code == 200:
+                return
+            last = f"HTTP {response.status_code}: {response.text[:300]}"
+        except httpx.TransportError as exc:
+            last = repr(exc)
+        time.sleep(0.5)
+    raise AssertionError(f"no answer from {url} in {seconds:.0f} s: {last}")
 
 
 def answers(url: str, spec, rows, seconds: float = 60) -> dict:
@@ -437,6 +467,7 @@ def down(workdir: Path) -> None:
             os.kill(pid, signal.SIGKILL)
     pids_file.unlink()
     clean_up_service_rules(build_binaries())
+    unmount_under(workdir)
     print(f"stopped the cluster under {workdir}")
 
 

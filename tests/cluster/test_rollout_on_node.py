@@ -47,14 +47,14 @@ NAMESPACE = CHART_MODEL_NAMESPACE
 CONTROLLER = "app.kubernetes.io/component=controller"
 
 
-def _spec(churn_spec, **params):
+def _spec(churn_spec, interval_seconds: int = 6, **params):
     data = yaml.safe_load(churn_spec.to_yaml())
     data["name"] = MODEL
     data["training"]["params"].update(params)
     data["deployment"].update(
         namespace=NAMESPACE,
         canary_steps=[10, 50, 100],
-        interval_seconds=6,
+        interval_seconds=interval_seconds,
         failure_limit=1,
         min_requests=10,
         # Latency ratios of two pods on a shared 2-core machine are noise (the gate is proven in tests/e2e);
@@ -154,7 +154,17 @@ def story(chart_release, kserve, node, model_server, cluster_prometheus, churn_s
     told: dict = {}
 
     def report() -> str:
-        return pods_report(core, RELEASE_NAMESPACE) + "\n" + pods_report(core, NAMESPACE)
+        obj = backend.get(NAMESPACE, MODEL) or {}
+        events = "\n".join(f"{e['reason']}: {e['message']}" for e in backend.events(NAMESPACE, MODEL))
+        return "\n".join(
+            [
+                pods_report(core, RELEASE_NAMESPACE),
+                pods_report(core, NAMESPACE),
+                f"spec: {obj.get('spec')}",
+                f"status: {obj.get('status')}",
+                events,
+            ]
+        )
 
     with _environment(KUBECONFIG=str(the_node.plane.kubeconfig), SHEPHERD_IMAGE=image):
         assert run_local(_spec(churn_spec), settings, serving_target="kubernetes").registered == ("1", "champion")
@@ -194,12 +204,13 @@ def story(chart_release, kserve, node, model_server, cluster_prometheus, churn_s
         told["stable_after_promotion"] = serving_container(backend.get(NAMESPACE, MODEL)["spec"]["predictor"])
         told["controller_pods"] = (killed.metadata.uid, replacement.metadata.uid)
 
-        # The next challenger, and a rollback drill through the CLI.
-        third = _spec(churn_spec, C=2.0)
+        # The next challenger, and a rollback drill through the CLI. The fault is injected as the canary is created
+        # (KServe rolls a changed canary's pods, and a healthy first pod serving meanwhile could be promoted), and
+        # 30 s intervals leave no time to promote the canary before the faulted pod serves.
+        third = _spec(churn_spec, interval_seconds=30, C=2.0)
         version = train_and_register(third, churn_frame, uri, home, "v3").version
         registry.connect(uri).set_registered_model_alias(MODEL, "challenger", version)
         backend.apply(build_inference_service(third, version, champion_version="2", canary_percent=10, image=image))
-        wait_rolled_out(apps, f"{MODEL}-v{version}-predictor", NAMESPACE)
         fault = _cli(the_node, uri, "rollout", "fault", MODEL, "--error-rate", "1.0", "--namespace", NAMESPACE)
         assert fault.returncode == 0, fault.stderr + fault.stdout
         faulted = time.monotonic()

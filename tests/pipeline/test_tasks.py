@@ -1,8 +1,9 @@
 """Regression and multiclass end to end, through the path a user takes: the example specs shipped in specs/
 (ames: `Sale_Price`, a regression; hpc: `class`, four classes) run as the whole DAG (`shepherd run`) against a
-running local plane: v1 becomes the champion and is served, v2 (another learning rate) is promoted and deployed
-as a canary beside it, the rollout loop steps it up under live traffic with every gate (the prediction-PSI gate
-reads the drift service's comparison of the two revisions' predictions: values, or predicted classes) and
+running local plane: v1 becomes the champion and is served, v2 (another learning rate, trained, judged,
+registered and deployed by the functions the DAG's steps call) is promoted and deployed as a canary beside it,
+the rollout loop steps it up under live traffic with every gate (the prediction-PSI gate reads the drift
+service's comparison of the two revisions' predictions: values, or predicted classes) and
 promotes it. The promoted champion's V1 and V2 answers through the plane equal the registered pipeline's in this
 process (1e-5 for probabilities, 1e-4 relative for values), and its metadata names the output tensors. Bad data
 for each task stops at validate with the column named, registering nothing."""
@@ -23,11 +24,14 @@ from prometheus_client import CollectorRegistry
 
 from components import registry
 from components.data import load_source, split_source
+from components.deploy import apply_deployment, payload_log_url_for, render
 from components.errors import PipelineRunError
 from components.model_output import predict
 from components.spec import load_spec, parse_spec
+from pipelines.direct import train_and_register
 from pipelines.local import run_local
 from pipelines.settings import Settings
+from serving.backends import LocalBackend
 from serving.rollout.controller import RolloutMetrics
 from serving.rollout.loop import reconcile_once
 from serving.rollout.machine import Action
@@ -66,7 +70,12 @@ def task(request, tmp_path_factory):
     first, second = _spec(name), _spec(name, learning_rate=0.08)
     with running_plane(home, settings.tracking_uri) as plane:
         assert run_local(first, settings, serving_target=plane.url).registered == ("1", "champion")
-        assert run_local(second, settings, serving_target=plane.url).registered == ("2", "challenger")
+        # The challenger through the functions the DAG's train, evaluate, register and deploy steps call, on the
+        # table the DAG extracts (same split, same verdict): one DAG run per task is enough to prove the DAG.
+        registered = train_and_register(second, _table(second), settings.tracking_uri, home, "v2")
+        assert (registered.version, registered.alias) == ("2", "challenger")
+        canary = render(second, "2", registered.alias, "1", payload_log_url_for(plane.url))
+        apply_deployment(LocalBackend(plane.url), canary, settings.tracking_uri)
         decisions = _roll_out(plane.url, settings.tracking_uri, second)
         yield {"name": name, "spec": second, "plane": plane, "settings": settings, "decisions": decisions}
 
@@ -87,8 +96,6 @@ def _roll_out(url: str, tracking_uri: str, spec) -> list:
 
     sender = threading.Thread(target=serve, daemon=True)
     sender.start()
-    from serving.backends import LocalBackend
-
     backend, metrics, decisions = LocalBackend(url), RolloutMetrics(CollectorRegistry()), []
     deadline = time.monotonic() + 180
     try:

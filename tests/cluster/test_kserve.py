@@ -19,6 +19,7 @@ real Prometheus elsewhere (tests/e2e); here the question is what KServe does wit
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 
@@ -44,7 +45,7 @@ GROUP, VERSION = "serving.kserve.io", "v1beta1"
 
 
 @pytest.fixture(scope="module")
-def two_versions(model_server, churn_spec, churn_frame, tmp_path_factory):
+def two_versions(node, model_server, churn_spec, churn_frame, tmp_path_factory):
     """Version 2 (C=0.5) beside the node's champion v1; yields the spec the objects are built from."""
     data = yaml.safe_load(churn_spec.to_yaml())
     data["training"]["params"]["C"] = 0.5
@@ -54,6 +55,13 @@ def two_versions(model_server, churn_spec, churn_frame, tmp_path_factory):
     assert registered.version == "2"
     yield spec
     registry.connect(model_server[0]).set_registered_model_alias("churn", "champion", "1")  # as the node had it
+    # The node's 2 CPUs are shared by the session's later tests: KServe deletes the predictors with the object.
+    from kubernetes import client
+
+    with contextlib.suppress(client.ApiException):
+        client.CustomObjectsApi(node[0].plane.api_client()).delete_namespaced_custom_object(
+            GROUP, VERSION, NAMESPACE, "inferenceservices", "churn"
+        )
 
 
 @pytest.fixture(scope="module")

@@ -128,3 +128,5 @@ def test_the_shepherd_predictor_runs_as_a_pod_and_answers_through_its_service(
         raise AssertionError("the deleted pod was not replaced by a Ready one")
     np.testing.assert_allclose(answered(), expected, atol=1e-5)
     print(f"\npredictor Deployment available {first_ready:.1f} s after it was created")
+    # The node's 2 CPUs are shared by the session's later tests: give back what this one requested.
+    core.delete_namespace(namespace)

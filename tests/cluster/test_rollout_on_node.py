@@ -55,6 +55,7 @@ def _spec(churn_spec, interval_seconds: int = 6, **params):
         namespace=NAMESPACE,
         canary_steps=[10, 50, 100],
         interval_seconds=interval_seconds,
+        cpu="200m",  # the node has 2 CPUs, shared with the chart's pods and the rolling updates' surge pods
         failure_limit=1,
         min_requests=10,
         # Latency ratios of two pods on a shared 2-core machine are noise (the gate is proven in tests/e2e);

@@ -17,7 +17,6 @@ alone.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import subprocess
@@ -41,6 +40,7 @@ from serving.traffic import instances
 from tests.cluster.conftest import CHART_MODEL_NAMESPACE, RELEASE_NAMESPACE, pods_report
 from tests.conftest import REPO
 from tests.support.node import wait_rolled_out
+from tests.support.waiting import wait_for
 
 MODEL = "telco"
 NAMESPACE = CHART_MODEL_NAMESPACE
@@ -63,20 +63,6 @@ def _spec(churn_spec, interval_seconds: int = 6, **params):
         gates={"error_rate": {"max": 0.05}, "latency_p99_ratio": {"max": 5.0}},
     )
     return parse_spec(yaml.safe_dump(data))
-
-
-@contextlib.contextmanager
-def _environment(**values: str):
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 class Traffic:
@@ -131,15 +117,6 @@ def _controller_pod(core):
     return live[0] if len(live) == 1 else None
 
 
-def _wait(test, what: str, seconds: float, report=lambda: "") -> object:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if found := test():
-            return found
-        time.sleep(1)
-    raise AssertionError(f"{what} did not happen in {seconds:.0f} s\n{report()}")
-
-
 @pytest.fixture(scope="module")
 def story(chart_release, kserve, node, model_server, cluster_prometheus, churn_spec, churn_frame, tmp_path_factory):
     """Runs the whole story once; yields what the tests read."""
@@ -167,7 +144,9 @@ def story(chart_release, kserve, node, model_server, cluster_prometheus, churn_s
             ]
         )
 
-    with _environment(KUBECONFIG=str(the_node.plane.kubeconfig), SHEPHERD_IMAGE=image):
+    with pytest.MonkeyPatch.context() as environment:  # what the DAG's step processes inherit
+        environment.setenv("KUBECONFIG", str(the_node.plane.kubeconfig))
+        environment.setenv("SHEPHERD_IMAGE", image)
         assert run_local(_spec(churn_spec), settings, serving_target="kubernetes").registered == ("1", "champion")
         wait_rolled_out(apps, f"{MODEL}-predictor", NAMESPACE)
         second = run_local(_spec(churn_spec, C=0.5), settings, serving_target="kubernetes")
@@ -178,26 +157,29 @@ def story(chart_release, kserve, node, model_server, cluster_prometheus, churn_s
     rows = instances(_spec(churn_spec), churn_frame.sample(200, random_state=4))
     with Traffic(core, backend, rows) as traffic:
         # The controller pod steps the canary; once it is past the first step, kill the pod.
-        _wait(
+        wait_for(
             lambda: (InferenceServiceView(backend.get(NAMESPACE, MODEL)).canary_percent or 0) >= 50,
-            "a step",
             180,
-            report,
+            "a step",
+            every=1,
+            report=report,
         )
         killed = _controller_pod(core)
         told["killed_at"] = time.time()
         core.delete_namespaced_pod(killed.metadata.name, RELEASE_NAMESPACE, grace_period_seconds=0)
-        replacement = _wait(
+        replacement = wait_for(
             lambda: (p := _controller_pod(core)) is not None and p.metadata.uid != killed.metadata.uid and p,
-            "a new controller pod",
             60,
-            report,
+            "a new controller pod",
+            every=1,
+            report=report,
         )
-        _wait(
+        wait_for(
             lambda: InferenceServiceView(backend.get(NAMESPACE, MODEL)).canary_percent is None,
-            "the promotion",
             180,
-            report,
+            "the promotion",
+            every=1,
+            report=report,
         )
         told["promoted_at"] = time.time()
         told["scraped"] = cluster_prometheus[0].query('up{job="shepherd/shepherd-predictor"} == 1')
@@ -215,11 +197,12 @@ def story(chart_release, kserve, node, model_server, cluster_prometheus, churn_s
         fault = _cli(the_node, uri, "rollout", "fault", MODEL, "--error-rate", "1.0", "--namespace", NAMESPACE)
         assert fault.returncode == 0, fault.stderr + fault.stdout
         faulted = time.monotonic()
-        _wait(
+        wait_for(
             lambda: InferenceServiceView(backend.get(NAMESPACE, MODEL)).canary_percent == 0,
-            "the rollback",
             180,
-            report,
+            "the rollback",
+            every=1,
+            report=report,
         )
         told["rollback_seconds"] = time.monotonic() - faulted
         told["answers"] = dict(traffic.answers)

@@ -9,7 +9,7 @@ export GX_ANALYTICS_ENABLED := false
 # Quiet the libraries' import-time chatter in command output; tests still see every warning they assert.
 export PYTHONWARNINGS := ignore::DeprecationWarning,ignore::FutureWarning,ignore::UserWarning
 
-.PHONY: help venv demo run test test-fast e2e-tools cluster-up cluster-down compile examples lint format bench infra-check manifests monitoring-assets chart image image-docker tools clean
+.PHONY: help venv demo run test background-builds test-fast e2e-tools cluster-up cluster-down compile examples lint format bench infra-check manifests monitoring-assets chart image image-docker tools clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -56,11 +56,21 @@ demo: venv ## Set up, train, serve, and tell the whole story: promote, roll back
 
 run: demo ## Same as demo
 
-test: venv e2e-tools ## Set up and run the whole test suite (as CI does)
-	@# The image builds in the background while the first tests run (tests/image waits for it, under a lock).
-	@mkdir -p $${SHEPHERD_CACHE:-$$HOME/.cache/shepherd}; (./scripts/image.sh > $${SHEPHERD_CACHE:-$$HOME/.cache/shepherd}/image-build.log 2>&1 &)
+test: background-builds venv e2e-tools ## Set up and run the whole test suite (as CI does)
 	@$(PY) -m pytest --durations=40
 
+CACHE = $${SHEPHERD_CACHE:-$$HOME/.cache/shepherd}
+
+background-builds:
+	@# The image and the Go/pip tools build in two background lanes while the venv is made and the tests that
+	@# need neither run (tests/conftest.py runs the image and cluster tests last; each waits on its tool's lock).
+	@# Their logs: $(CACHE)/image-build.log and $(CACHE)/warm-tools.log. A warm machine finishes both at once.
+	@# A lane already running (.ci/run starts them before `make lint`) is not started twice.
+	@mkdir -p $(CACHE); (flock -n $(CACHE)/image-lane.lock ./scripts/image.sh >> $(CACHE)/image-build.log 2>&1 &); \
+	  (flock -n $(CACHE)/tools-lane.lock ./scripts/warm-tools.sh >> $(CACHE)/warm-tools.log 2>&1 &)
+
+# apt waits for dpkg's lock: the image build in the background may be installing podman at the same time.
+APT_WAIT = -o DPkg::Lock::Timeout=1200
 E2E_PACKAGES = prometheus prometheus-alertmanager postgresql containerd runc conntrack containernetworking-plugins
 
 e2e-tools: ## Prometheus, Alertmanager, PostgreSQL and the test node's containerd, runc, conntrack, CNI (Debian packages)
@@ -68,8 +78,8 @@ e2e-tools: ## Prometheus, Alertmanager, PostgreSQL and the test node's container
 	  command -v containerd >/dev/null && command -v conntrack >/dev/null && [ -x /usr/lib/cni/bridge ] && \
 	  ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { \
 	  echo "installing $(E2E_PACKAGES) (Debian packages)"; \
-	  (apt-get install -y -qq --no-install-recommends $(E2E_PACKAGES) >/dev/null 2>&1 || \
-	   { apt-get update -qq && apt-get install -y -qq --no-install-recommends $(E2E_PACKAGES); }); }
+	  (apt-get install $(APT_WAIT) -y -qq --no-install-recommends $(E2E_PACKAGES) >/dev/null 2>&1 || \
+	   { apt-get update -qq && apt-get install $(APT_WAIT) -y -qq --no-install-recommends $(E2E_PACKAGES); }); }
 
 cluster-up: venv e2e-tools ## A real single-node Kubernetes here (kubelet on containerd, controllers, kube-proxy); prints KUBECONFIG
 	@./scripts/cluster-tools.sh >/dev/null

@@ -33,7 +33,9 @@ missing=()
 for tool in podman buildah mmdebstrap runc; do command -v "$tool" >/dev/null || missing+=("$tool"); done
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]} (Debian packages)"
-  apt-get install -y -qq podman buildah mmdebstrap runc >/dev/null
+  # Waits for dpkg's lock: `make test` installs its Debian packages at the same time.
+  apt-get install -o DPkg::Lock::Timeout=1200 -y -qq podman buildah mmdebstrap runc >/dev/null 2>&1 \
+    || { apt-get update -qq && apt-get install -o DPkg::Lock::Timeout=1200 -y -qq podman buildah mmdebstrap runc >/dev/null; }
 fi
 conf=/etc/containers/containers.conf
 if ! grep -qs "shepherd: sandbox settings" "$conf"; then

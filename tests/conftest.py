@@ -33,6 +33,36 @@ def _undo_feasts_multiprocess_switch() -> None:
 _undo_feasts_multiprocess_switch()
 
 REPO = Path(__file__).resolve().parent.parent
+
+# The suite's order: tests that need no built tool first, then those needing the Go- and pip-built linters,
+# the image, the bare control plane, and the real node last. On a cold machine `make test` builds the
+# tools and the image in the background (scripts/warm-tools.sh, scripts/image.sh) while the first group
+# runs; a test reached before its tool is ready waits on the tool's build lock. Within a group pytest's
+# order is kept, so module and session fixtures are set up once as before.
+_RUN_LATE = (
+    ("tests/unit/test_terraform.py", "tests/unit/test_workflows.py", "tests/unit/test_dockerfile.py"),
+    ("tests/image/",),
+    ("tests/cluster/",),
+    (
+        "tests/cluster/test_node.py",
+        "tests/cluster/test_kserve.py",
+        "tests/cluster/test_chart_on_node.py",
+        "tests/cluster/test_rollout_on_node.py",
+    ),
+)
+
+
+def _run_order(item: pytest.Item) -> int:
+    path = Path(str(item.path)).relative_to(REPO).as_posix()
+    order = 0
+    for rank, prefixes in enumerate(_RUN_LATE, start=1):
+        if path.startswith(prefixes):
+            order = rank
+    return order
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=_run_order)  # a stable sort: pytest's order within each group
 CHURN_SPEC = REPO / "specs" / "churn.yaml"
 CREDIT_SPEC = REPO / "specs" / "credit.yaml"
 

@@ -63,6 +63,8 @@ def _run_order(item: pytest.Item) -> int:
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     items.sort(key=_run_order)  # a stable sort: pytest's order within each group
+
+
 CHURN_SPEC = REPO / "specs" / "churn.yaml"
 CREDIT_SPEC = REPO / "specs" / "credit.yaml"
 

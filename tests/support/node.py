@@ -70,11 +70,13 @@ class Node:
     binaries: Path
     processes: list = field(default_factory=list)
     containerd_socket: Path | None = None
+    netns_before: frozenset[str] = frozenset()
 
     # -- start ----------------------------------------------------------------------------------
     def start(self, timeout: float = 180) -> Node:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "logs").mkdir(exist_ok=True)
+        self.netns_before = pod_netns()
         self._start_containerd()
         self._import(PAUSE_IMAGE, self._pause_archive())
         kubeconfig = str(self.plane.kubeconfig)
@@ -318,7 +320,23 @@ state = "{state / "state"}"
             except subprocess.TimeoutExpired:
                 process.kill()
         clean_up_service_rules(self.binaries)
+        delete_pod_netns(pod_netns() - self.netns_before)
         unmount_under(self.workdir)
+
+
+NETNS_DIR = Path("/var/run/netns")
+
+
+def pod_netns() -> frozenset[str]:
+    """The network namespaces containerd's CNI plugin made for pod sandboxes (`cni-<uuid>`)."""
+    return frozenset(p.name for p in NETNS_DIR.glob("cni-*")) if NETNS_DIR.is_dir() else frozenset()
+
+
+def delete_pod_netns(names) -> None:
+    """A killed containerd never calls CNI DEL for its pods, so their network namespaces (and the veths in them)
+    outlive the node: delete those this node made."""
+    for name in sorted(names):
+        subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=30, check=False)
 
 
 def unmount_under(directory: Path) -> None:
@@ -440,6 +458,7 @@ def up(workdir: Path) -> None:
     node = Node(workdir / "node", plane, build_binaries()).start()
     pids = [p.pid for _, p in plane.processes] + [p.pid for _, p in node.processes]
     (workdir / "pids").write_text(json.dumps(pids))
+    (workdir / "netns-before").write_text(json.dumps(sorted(node.netns_before)))
     print(f"node {NODE_NAME} Ready in {time.monotonic() - started:.0f} s")
     print(f"export KUBECONFIG={plane.kubeconfig}")
 
@@ -467,6 +486,10 @@ def down(workdir: Path) -> None:
             os.kill(pid, signal.SIGKILL)
     pids_file.unlink()
     clean_up_service_rules(build_binaries())
+    before_file = workdir / "netns-before"
+    if before_file.exists():
+        delete_pod_netns(pod_netns() - set(json.loads(before_file.read_text())))
+        before_file.unlink()
     unmount_under(workdir)
     print(f"stopped the cluster under {workdir}")
 

@@ -15,10 +15,14 @@ cache=${SHEPHERD_CACHE:-$HOME/.cache/shepherd}
 key=$(cat constraints.txt | sha256sum | cut -c1-16)
 stack="$cache/stack-$key"
 
+mkdir -p "$cache"
+# One installer per stack: a second checkout (a CI run beside a developer's `make venv`) waits here instead of
+# removing the half-installed stack from under the first.
+exec 9>"$cache/stack-$key.lock"
+flock 9
 if [ ! -f "$stack/.complete" ]; then
   echo "==> installing the Shepherd stack into $stack (once per machine, ~3-5 min)"
   rm -rf "$stack"
-  mkdir -p "$cache"
   "$python" -m venv "$stack"
   "$stack/bin/pip" install --quiet --upgrade pip
   "$stack/bin/pip" install --quiet -r constraints.txt

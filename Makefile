@@ -56,8 +56,8 @@ demo: venv ## Set up, train, serve, and tell the whole story: promote, roll back
 
 run: demo ## Same as demo
 
-test: background-builds venv e2e-tools ## Set up and run the whole test suite (as CI does)
-	@$(PY) -m pytest --durations=40
+test: background-builds venv e2e-tools ## Set up and run the whole test suite (as CI does), in two lanes at once
+	@./scripts/test-lanes.sh
 
 CACHE = $${SHEPHERD_CACHE:-$$HOME/.cache/shepherd}
 

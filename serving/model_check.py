@@ -1,11 +1,13 @@
 """KServe's storage-initializer step for Shepherd's `models:/` URIs (the ClusterStorageContainer in
 manifests/base/models/storage-container.yaml): `python -m serving.model_check models:/churn/3 /mnt/models`.
 
-It runs as the predictor pod's init container, before the predictor starts. It resolves the registered version
-and verifies its artifact against the sha256 recorded at registration, exactly as the predictor will
-(`serving.predictor.load_version`). A missing version, an unreachable registry or a changed artifact fails the init
-container: kubectl shows `Init:Error` with the reason, instead of a predictor that restarts in a loop. On success it
-writes `<dest>/shepherd-model.json` (the version, its serving format, its task).
+It runs as the predictor pod's init container, before the predictor starts. It resolves the registered version,
+downloads its spec and model into the destination, verifies the model against the sha256 recorded at registration
+and loads it once (`serving.model_files`). A missing version, an unreachable registry or a changed artifact fails
+the init container: kubectl shows `Init:Error` with the reason, instead of a predictor that restarts in a loop. On
+success the destination holds the files and `shepherd-model.json` (the version, its serving format, its task, its
+files and their sha256); the predictor (`--model_dir=/mnt/models`, from the ServingRuntime) loads from there,
+checking the sha256 again, and does not download the model a second time.
 
 Why an init container at all: KServe 0.20 takes a `model` without a storage URI for a multi-model server and adds
 its model agent, and it refuses a Standard-mode canary beside a stable predictor with neither. So every predictor
@@ -14,7 +16,6 @@ names its version as `storageUri: models:/<name>/<version>`, and this container 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -23,24 +24,16 @@ from pathlib import Path
 
 from components.errors import ShepherdError
 
-MANIFEST = "shepherd-model.json"
-
 
 def check(model_uri: str, destination: Path, tracking_uri: str) -> dict:
-    """Load `model_uri` as the predictor would (downloads go under `destination`); returns what was checked."""
-    from serving.predictor import load_version
+    """Fetch `model_uri` into `destination`, verified, and load it as the predictor will; returns the manifest."""
+    from serving import model_files
 
     destination.mkdir(parents=True, exist_ok=True)
     tempfile.tempdir = str(destination)  # the root filesystem is read-only: the model volume is the writable place
-    loaded = load_version(tracking_uri, model_uri)
-    checked = {
-        "model_uri": model_uri,
-        "version": loaded.version,
-        "serving_format": loaded.serving_format,
-        "task": loaded.spec.task,
-    }
-    (destination / MANIFEST).write_text(json.dumps(checked, indent=2) + "\n")
-    return checked
+    manifest = model_files.fetch(tracking_uri, model_uri, destination)
+    model_files.load(destination)  # it deserializes and builds its scorer here, not first in the predictor
+    return manifest
 
 
 def main(argv: list[str] | None = None) -> int:

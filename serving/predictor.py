@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import logging.config
 import os
@@ -20,124 +19,39 @@ import random
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from components import registry
-from components.errors import RegistryError, ShepherdError
-from components.model_input import frame_of, onnx_feeds
-from components.model_output import (
-    PROBABILITY_BUCKETS,
-    answers,
-    graph_answers,
-    output_name,
-    pipeline_answers,
-    score_buckets,
-)
-from components.spec import ModelSpec, parse_spec
+from components.errors import ShepherdError
+from components.model_output import answers
+from components.spec import ModelSpec
 from monitoring.metrics import OUTCOMES, ROLES, PredictorMetrics
-from serving import prediction_ids
+from serving import model_files, prediction_ids
+from serving.model_files import LoadedVersion, ModelIntegrityError, parse_model_uri  # noqa: F401 (this module's API)
 from serving.payload import PayloadError, PayloadParser
 
 logger = logging.getLogger("shepherd.predictor")
 QUIET_LOGGING = Path(__file__).with_name("quiet_logging.yaml")
 
 
-class ModelIntegrityError(ShepherdError):
-    """The stored artifact is not the one registered (sha256 mismatch): refuse to load it."""
-
-    exit_code = 8
-
-
-@dataclass
-class LoadedVersion:
-    """What serving one version needs: its spec, a scorer, and where it came from."""
-
-    spec: ModelSpec
-    version: str
-    serving_format: str  # onnx | sklearn
-    # validated columns -> the model's answers (components.model_output: probabilities or values)
-    score: Callable[[Mapping[str, Sequence]], np.ndarray]
-    # the score histogram's buckets (components.model_output.score_buckets)
-    score_buckets: tuple[float, ...] = PROBABILITY_BUCKETS
-
-
-def parse_model_uri(uri: str) -> tuple[str, str]:
-    """`models:/churn/3` or `models:/churn@champion` -> (name, version-or-alias)."""
-    if not uri.startswith("models:/"):
-        raise RegistryError(f"model_uri {uri!r}: expected models:/<name>/<version> or models:/<name>@<alias>")
-    rest = uri.removeprefix("models:/")
-    name, sep, ref = rest.partition("@") if "@" in rest else rest.partition("/")
-    if not name or not sep or not ref:
-        raise RegistryError(f"model_uri {uri!r}: expected models:/<name>/<version> or models:/<name>@<alias>")
-    return name, ref
-
-
 def load_version(tracking_uri: str, model_uri: str) -> LoadedVersion:
-    """Resolve, verify and load a registered version."""
-    client = registry.connect(tracking_uri)
-    name, ref = parse_model_uri(model_uri)
-    version = registry.get_version(client, name, ref)
-    tags = version.tags
+    """Resolve, verify and load a registered version (fetched into a temporary directory)."""
     with tempfile.TemporaryDirectory() as tmp:
-        spec_path = client.download_artifacts(version.run_id, registry.SPEC_ARTIFACT, tmp)
-        spec = parse_spec(Path(spec_path).read_text(), origin=f"{name} v{version.version} spec")
-        if tags.get(registry.TAG_SERVING_FORMAT) == "onnx":
-            path = Path(client.download_artifacts(version.run_id, f"{registry.ONNX_DIR}/{registry.ONNX_FILE}", tmp))
-            _verify(registry.sha256_file(path), tags.get(registry.TAG_ONNX_SHA256), f"{name} v{version.version} ONNX")
-            score = _onnx_scorer(path.read_bytes(), spec)
-            serving_format = "onnx"
-        else:
-            logger.warning(
-                "%s v%s: serving scikit-learn: %s",
-                name,
-                version.version,
-                tags.get(registry.TAG_ONNX_NOTE, "no ONNX twin"),
-            )
-            score = _sklearn_scorer(client, version, spec, tmp)
-            serving_format = "sklearn"
-    recorded = tags.get(registry.TAG_SCORE_BUCKETS)
-    buckets = score_buckets(spec, json.loads(recorded) if recorded else None)
-    return LoadedVersion(spec, str(version.version), serving_format, score, buckets)
+        model_files.fetch(tracking_uri, model_uri, Path(tmp))
+        return model_files.load(Path(tmp))
 
 
-def _verify(actual: str, recorded: str | None, what: str) -> None:
-    if not recorded:
-        raise ModelIntegrityError(f"{what}: no sha256 was recorded at registration; refusing to load")
-    if actual != recorded:
-        raise ModelIntegrityError(
-            f"{what}: artifact sha256 {actual[:16]}… differs from the {recorded[:16]}… recorded at registration; "
-            "the stored model was changed after registration — refusing to load it"
-        )
-
-
-def _onnx_scorer(model: bytes, spec: ModelSpec):
-    from components.onnx_export import session
-
-    sess = session(model)
-    outputs = [output_name(spec)]
-
-    def score(columns: Mapping[str, Sequence]) -> np.ndarray:
-        return graph_answers(spec, sess.run(outputs, onnx_feeds(spec, columns))[0])
-
-    return score
-
-
-def _sklearn_scorer(client, version, spec: ModelSpec, tmp: str):
-    import mlflow
-
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=f"{tmp}/sklearn"))
-    _verify(registry.sha256_tree(local), version.tags.get(registry.TAG_MODEL_SHA256), f"v{version.version} model")
-    pipeline = mlflow.sklearn.load_model(str(local))
-
-    def score(columns: Mapping[str, Sequence]) -> np.ndarray:
-        return pipeline_answers(pipeline, frame_of(spec, columns), spec)
-
-    return score
+def load_for_serving(tracking_uri: str, model_uri: str, model_dir: Path | None) -> LoadedVersion:
+    """From `model_dir` when KServe's storage initializer fetched this very version there (serving.model_check),
+    else from the registry. A directory whose files no longer match the recorded sha256 is refused, not bypassed."""
+    if model_dir is not None and model_files.fetched_here(model_dir, model_uri):
+        loaded = model_files.load(model_dir)
+        loaded.source = f"{model_dir}, fetched and verified by the storage initializer"
+        return loaded
+    return load_version(tracking_uri, model_uri)
 
 
 # Fault injection for rollback drills: this share of valid requests fails with a 500 after parsing, as a
@@ -537,6 +451,14 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_HTTP_HOST,
         help=f"address to listen on (default {DEFAULT_HTTP_HOST}, for a container; {LOOPBACK} on a shared machine)",
     )
+    parser.add_argument(
+        "--model_dir",
+        type=Path,
+        default=None,
+        help="where KServe's storage initializer fetched and verified the version (serving.model_check; the "
+        "ServingRuntime passes /mnt/models): loaded from there, not downloaded again; without it, or when it holds "
+        "another version, the predictor fetches --model_uri from the registry itself",
+    )
     parser.add_argument("--feature_repo", default=None, help="Feast repo for entity-key lookups (optional)")
     parser.add_argument(
         "--log_each_request",
@@ -564,11 +486,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --fault_stage must be one of {list(FAULT_STAGES)}, got {args.fault_stage!r}", flush=True)
         return 2
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if not tracking_uri:
-        print("error: --tracking_uri or MLFLOW_TRACKING_URI is required", flush=True)
+    if not tracking_uri and not (args.model_dir and model_files.fetched_here(args.model_dir, args.model_uri)):
+        print("error: --tracking_uri or MLFLOW_TRACKING_URI is required (or a --model_dir holding it)", flush=True)
         return 2
     try:
-        loaded = load_version(tracking_uri, args.model_uri)
+        loaded = load_for_serving(tracking_uri, args.model_uri, args.model_dir)
     except ShepherdError as exc:
         print(f"error: {exc}", flush=True)
         return exc.exit_code
@@ -586,16 +508,6 @@ def main(argv: list[str] | None = None) -> int:
     if not args.log_each_request:
         drop_request_timing(model_server.app)
     loop = install_event_loop(args.event_loop)
-    logger.info(
-        "serving %s v%s (%s) as %s on %s:%s, %s event loop",
-        loaded.spec.name,
-        loaded.version,
-        loaded.serving_format,
-        args.role,
-        args.http_host,
-        args.http_port,
-        loop,
-    )
     server = bound_model_server(
         args.http_host,
         http_port=args.http_port,
@@ -607,6 +519,18 @@ def main(argv: list[str] | None = None) -> int:
     if not args.log_each_request and not args.log_config_file:
         # After ModelServer(): it configures KServe's default logging (an access line per request).
         logging.config.dictConfig(yaml.safe_load(QUIET_LOGGING.read_text()))
+    # Once logging is configured (ModelServer() does it): a line logged before would be lost.
+    logger.info(
+        "serving %s v%s (%s, loaded from %s) as %s on %s:%s, %s event loop",
+        loaded.spec.name,
+        loaded.version,
+        loaded.serving_format,
+        loaded.source,
+        args.role,
+        args.http_host,
+        args.http_port,
+        loop,
+    )
     server.start([model])
     return 0
 

@@ -6,7 +6,8 @@ the code the deploy step and the rollout controller run (`KubernetesBackend`, `r
   ServingRuntime webhook, the `shepherd-models` ClusterStorageContainer whose init container checks the version,
   and the serving ConfigMap naming the MLflow server);
 - the champion becomes KServe's Deployment and Service `churn-predictor`: the Shepherd image's predictor, hardened,
-  answering through the Service what version 1 answers in this process;
+  loading the version its init container fetched into /mnt/models, answering through the Service what version 1
+  answers in this process;
 - the canary (version 2 at 10 %) becomes `churn-v2-predictor` beside it, each Service answering its own version,
   and KServe's status reports it; the shape KServe 0.20 refuses (an unnamed canary) is refused by its webhook;
 - the rollout loop steps it (KServe's status follows; Shepherd's annotations, which the loop writes at every step,
@@ -116,8 +117,8 @@ def test_the_champion_runs_as_kserves_deployment_and_answers(cluster, two_versio
     (container,) = template.containers
     assert container.image == image and container.command == ["python", "-m", "serving.predictor"]
     # The runtime's arguments, then the object's (KServe concatenates them).
-    assert container.args[:2] == ["--model_name=churn", "--http_port=8080"]
-    assert container.args[2:] == ["--model_uri=models:/churn/1", "--role=champion"]
+    assert container.args[:3] == ["--model_name=churn", "--http_port=8080", "--model_dir=/mnt/models"]
+    assert container.args[3:] == ["--model_uri=models:/churn/1", "--role=champion"]
     context = container.security_context
     assert context.run_as_non_root and context.read_only_root_filesystem and context.capabilities.drop == ["ALL"]
     assert {e.config_map_ref.name for e in container.env_from} == {"shepherd-serving"}
@@ -125,6 +126,13 @@ def test_the_champion_runs_as_kserves_deployment_and_answers(cluster, two_versio
     rows = churn_frame.sample(16, random_state=5)
     expected = _expected(model_server[0], "1", spec, rows)
     np.testing.assert_allclose(_served(core, "churn-predictor", spec, rows), expected, atol=1e-5)
+    # The storage initializer fetched and verified the version into /mnt/models; the predictor loaded it from there
+    # instead of downloading it a second time.
+    pods = core.list_namespaced_pod(NAMESPACE, label_selector="app=isvc.churn-predictor").items
+    (pod,) = [p for p in pods if p.metadata.deletion_timestamp is None]
+    log = core.read_namespaced_pod_log(pod.metadata.name, NAMESPACE, container="kserve-container")
+    loaded_from = "loaded from /mnt/models, fetched and verified by the storage initializer"
+    assert f"serving churn v1 (onnx, {loaded_from}) as champion" in log, log
 
 
 def test_kserves_admission_refuses_the_canary_shape_it_does_not_support(cluster, two_versions):
@@ -226,7 +234,7 @@ def test_a_failing_canary_is_rolled_back_on_the_real_controller(cluster, two_ver
     print(f"\nrolled back: KServe's status shows the canary at 0 % {time.monotonic() - started:.1f} s after the start")
     # KServe 0.20 keeps a 0 % canary's Deployment (it does not scale a canary to zero); the stable one serves v2.
     stable = apps.read_namespaced_deployment("churn-predictor", NAMESPACE).spec.template.spec.containers[0]
-    assert stable.args[2:] == ["--model_uri=models:/churn/2", "--role=champion"]
+    assert stable.args[3:] == ["--model_uri=models:/churn/2", "--role=champion"]
     assert str(client.get_model_version_by_alias("churn", "champion").version) == "2"
 
 

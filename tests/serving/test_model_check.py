@@ -10,10 +10,17 @@ import os
 import subprocess
 import sys
 
+import httpx
+import numpy as np
 import pytest
 
+from components import registry
+from components.model_input import columns_of
+from serving.predictor import load_for_serving, load_version
+from serving.traffic import instances
 from tests.conftest import REPO
 from tests.serving.test_loading import _stored, fresh_registry  # noqa: F401 (a fixture)
+from tests.support.predictor_process import running_predictor
 
 
 def _check(uri: str, directory, tracking_uri: str | None) -> subprocess.CompletedProcess:
@@ -36,7 +43,17 @@ def test_a_registered_version_passes_and_is_recorded(registered_churn, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "version 1 verified (onnx, binary)" in result.stdout
     recorded = json.loads((tmp_path / "models" / "shepherd-model.json").read_text())
-    assert recorded == {"model_uri": "models:/churn/1", "version": "1", "serving_format": "onnx", "task": "binary"}
+    assert {k: recorded[k] for k in ("model_uri", "version", "serving_format", "task")} == {
+        "model_uri": "models:/churn/1",
+        "version": "1",
+        "serving_format": "onnx",
+        "task": "binary",
+    }
+    # The files the predictor will load, and the sha256 registration recorded for the model.
+    model = tmp_path / "models" / recorded["model"]
+    assert (tmp_path / "models" / recorded["spec"]).is_file() and model.is_file()
+    client = registry.connect(registered_churn["tracking_uri"])
+    assert recorded["sha256"] == client.get_model_version("churn", "1").tags[registry.TAG_ONNX_SHA256]
 
 
 @pytest.mark.parametrize(
@@ -63,3 +80,58 @@ def test_what_would_break_the_predictor_fails_the_check_in_one_line(fresh_regist
     assert len(error_lines) == 1 and message in error_lines[0], result.stderr
     assert result.returncode == code
     assert not (tmp_path / "models" / "shepherd-model.json").exists()
+
+
+NO_REGISTRY = "http://127.0.0.1:9"  # nothing listens there: any call to the registry fails
+
+
+def test_the_predictor_serves_what_the_init_container_fetched_without_the_registry(
+    registered_churn, churn_spec, churn_frame, tmp_path
+):
+    """The pod's way: the init container fetches into /mnt/models, the predictor (`--model_dir`, from the
+    ServingRuntime) loads from there and never calls the registry; it answers as the registered version does."""
+    models = tmp_path / "models"
+    assert _check("models:/churn/1", models, registered_churn["tracking_uri"]).returncode == 0
+    rows = churn_frame.sample(20, random_state=5)
+    expected = load_version(registered_churn["tracking_uri"], "models:/churn/1").score(columns_of(rows, churn_spec))
+    with running_predictor(NO_REGISTRY, "models:/churn/1", tmp_path, extra=(f"--model_dir={models}",)) as predictor:
+        answered = httpx.post(
+            f"{predictor.base_url}/v1/models/churn:predict", json={"instances": instances(churn_spec, rows)}, timeout=30
+        )
+        log = predictor.log_path.read_text()
+    assert answered.status_code == 200, answered.text
+    got = np.array([p["probability"] for p in answered.json()["predictions"]])
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert f"serving churn v1 (onnx, loaded from {models}, fetched and verified by the storage initializer)" in log
+
+
+def test_a_fetched_model_changed_on_disk_is_refused_not_fetched_again(registered_churn, tmp_path):
+    models = tmp_path / "models"
+    assert _check("models:/churn/1", models, registered_churn["tracking_uri"]).returncode == 0
+    onnx = models / json.loads((models / "shepherd-model.json").read_text())["model"]
+    onnx.write_bytes(onnx.read_bytes()[:-1] + b"\x00")
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "serving.predictor", "--model_name=churn", "--model_uri=models:/churn/1"),
+            *(f"--tracking_uri={registered_churn['tracking_uri']}", f"--model_dir={models}", "--http_port=0"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 8, result.stdout + result.stderr
+    assert "recorded at registration" in result.stdout and "Traceback" not in result.stdout + result.stderr
+
+
+def test_a_directory_holding_another_version_is_not_used(registered_churn, tmp_path):
+    """A manifest for another URI (a volume reused, another version's files): the predictor fetches what it was
+    asked for from the registry. The directory's model is broken too, so loading it would have been refused."""
+    models = tmp_path / "models"
+    assert _check("models:/churn/1", models, registered_churn["tracking_uri"]).returncode == 0
+    manifest = json.loads((models / "shepherd-model.json").read_text())
+    (models / "shepherd-model.json").write_text(json.dumps({**manifest, "model_uri": "models:/churn/2"}))
+    (models / manifest["model"]).write_bytes(b"not this version")
+    loaded = load_for_serving(registered_churn["tracking_uri"], "models:/churn/1", models)
+    assert (loaded.version, loaded.serving_format) == ("1", "onnx")

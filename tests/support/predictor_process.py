@@ -35,15 +35,21 @@ class RunningPredictor:
 
 @contextlib.contextmanager
 def running_predictor(
-    tracking_uri: str, model_uri: str, log_dir: Path, env: dict[str, str] | None = None, name: str = "churn"
+    tracking_uri: str,
+    model_uri: str,
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+    name: str = "churn",
+    extra: tuple[str, ...] = (),
 ) -> Iterator[RunningPredictor]:
-    """Start the predictor serving `model_uri` as `name`, wait until it is ready, stop it afterwards."""
+    """Start the predictor serving `model_uri` as `name` (`extra`: more of its arguments), wait until it is ready,
+    stop it afterwards."""
     port = free_port()
     log_path = log_dir / f"predictor-{port}.log"
     # A file, not a pipe: an unread pipe fills up with logs and blocks the server.
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            predictor_command(name, model_uri, tracking_uri, port),
+            predictor_command(name, model_uri, tracking_uri, port, "champion", *extra),
             cwd=REPO,
             env={**os.environ, **(env or {})},
             stdout=log,

@@ -130,6 +130,17 @@ class InferenceServiceView:
         env = serving_container(predictor).get("env") or []
         return {e["name"]: str(e.get("value", "")) for e in env if e["name"].startswith(ENV_PREFIX)}
 
+    def standard_service_urls(self) -> dict[Role, str]:
+        """Where each predictor answers in KServe's Standard mode, whose status has no URL per revision: its own
+        Service (`<isvc>-predictor`, and `<isvc>-<canary name>-predictor` for the canary; port 80) in the object's
+        namespace, by the cluster's DNS name."""
+        namespace = self.obj["metadata"].get("namespace", "default")
+        urls: dict[Role, str] = {"champion": f"http://{self.name}-predictor.{namespace}.svc"}
+        if self.mode == "standard":
+            canary = self.spec["canary"][0]["predictor"]["name"]
+            urls["canary"] = f"http://{self.name}-{canary}-predictor.{namespace}.svc"
+        return urls
+
     @property
     def has_payload_logger(self) -> bool:
         predictors = [self.spec["predictor"], *(c["predictor"] for c in self.spec.get("canary", []))]

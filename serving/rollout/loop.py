@@ -61,14 +61,18 @@ def canary_percent(obj: dict) -> int | None:
 
 
 def revisions(obj: dict) -> dict[str, Revision]:
-    """role -> Revision, from the status the plane (or KServe) reports and the object's annotations."""
+    """role -> Revision, from the status the plane (or KServe) reports and the object's annotations. KServe's
+    Standard mode reports no URL per revision: there each predictor's own Service is where it answers."""
     annotations = obj["metadata"].get("annotations", {})
     versions = {"canary": annotations.get(ANNOTATION_VERSION), "champion": annotations.get(ANNOTATION_CHAMPION)}
     traffic = obj.get("status", {}).get("components", {}).get("predictor", {}).get("traffic", [])
     urls = {}
-    for entry in traffic:
+    for entry in traffic:  # Knative mode, and the local plane: a URL per revision
         role = "canary" if entry.get("latestRevision") and len(traffic) > 1 else "champion"
         urls[role] = entry.get("url")
+    view = InferenceServiceView(obj)
+    if not urls and view.mode == "standard":  # KServe's Standard mode: a Service per predictor
+        urls = view.standard_service_urls()
     return {role: Revision(role, str(version), urls.get(role)) for role, version in versions.items() if version}
 
 

@@ -92,3 +92,33 @@ def test_malformed_objects_are_refused_naming_the_field(churn_spec):
     serving_container(no_uri["spec"]["predictor"])["args"] = ["--role=champion"]
     with pytest.raises(ValueError, match="--model_uri"):
         InferenceServiceView(no_uri).served()
+
+
+def test_in_standard_mode_each_revision_is_reached_through_its_own_service(churn_spec):
+    """KServe's Standard status names no URL per revision (its canary has `canaryStatuses` only): the rollout loop's
+    direct scrape reads each predictor's Service, as KServe names them; a status that has URLs (Knative, the local
+    plane) is read as before."""
+    from serving.rollout.loop import revisions
+
+    obj = build_inference_service(_spec(churn_spec, "Standard"), "2", "1", canary_percent=10)
+    obj["status"] = {"canaryStatuses": [{"name": "v2", "ready": True, "trafficPercent": 10}]}
+    found = {role: (rev.version, rev.url) for role, rev in revisions(obj).items()}
+    namespace = churn_spec.deployment.namespace
+    assert found == {
+        "champion": ("1", f"http://churn-predictor.{namespace}.svc"),
+        "canary": ("2", f"http://churn-v2-predictor.{namespace}.svc"),
+    }
+    obj["status"] = {
+        "components": {
+            "predictor": {
+                "traffic": [
+                    {"revisionName": "churn-v1", "percent": 90, "url": "http://127.0.0.1:9001"},
+                    {"revisionName": "churn-v2", "percent": 10, "latestRevision": True, "url": "http://127.0.0.1:9002"},
+                ]
+            }
+        }
+    }
+    assert {role: rev.url for role, rev in revisions(obj).items()} == {
+        "champion": "http://127.0.0.1:9001",
+        "canary": "http://127.0.0.1:9002",
+    }

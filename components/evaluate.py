@@ -147,14 +147,16 @@ def evaluate(
     challenger_model,
     champion_model=None,
     champion_version: str | None = None,
+    champion_spec: ModelSpec | None = None,
 ) -> Verdict:
-    """Score both models on the same holdout rows and judge the challenger."""
+    """Score both models on the same holdout rows and judge the challenger. The champion reads the features of
+    its own spec (`champion_spec`, default the challenger's): a challenger may add or reorder features."""
     y = labels(holdout, spec)
     predictions = predict(challenger_model, holdout, spec)
     challenger = task_metrics(spec, y, predictions)
     champion = None
     if champion_model is not None:
-        champion = task_metrics(spec, y, predict(champion_model, holdout, spec))
+        champion = task_metrics(spec, y, predict(champion_model, holdout, champion_spec or spec))
     gap = fairness_gap(spec, holdout, predictions) if spec.evaluation.fairness else None
     return judge(spec, challenger, champion, gap, champion_version)
 
@@ -171,10 +173,57 @@ def evaluate_run(spec: ModelSpec, training_set_path: Path, tracking_uri: str, mo
     champion = registry.champion_version(client, spec.name)
     champion_model = None
     if champion is not None:
+        champion_spec = _champion_spec(client, champion)
+        comparable(spec, champion_spec, champion.version, holdout)
         champion_model = mlflow.sklearn.load_model(f"models:/{spec.name}/{champion.version}")
-    verdict = evaluate(spec, holdout, challenger, champion_model, champion.version if champion else None)
+    verdict = evaluate(
+        spec,
+        holdout,
+        challenger,
+        champion_model,
+        champion.version if champion else None,
+        champion_spec if champion else None,
+    )
     verdict.holdout = describe_holdout(holdout, spec)
     return verdict
+
+
+def _champion_spec(client, champion) -> ModelSpec:
+    import tempfile
+
+    from components import registry
+    from components.spec import parse_spec
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(client.download_artifacts(champion.run_id, registry.SPEC_ARTIFACT, tmp))
+        return parse_spec(path.read_text(), origin=f"@champion v{champion.version} spec")
+
+
+def comparable(spec: ModelSpec, champion_spec: ModelSpec, champion_version: str, holdout: pd.DataFrame) -> None:
+    """Refuse, naming what differs and what to do, a challenger the champion cannot be judged against on the same
+    rows: another task or target (their metrics mean different things), or a champion whose features the
+    challenger's training set no longer has."""
+    from components.errors import SpecError
+
+    fix = f"a different model needs its own `name` (or archive '{spec.name}' and start again)"
+    if (spec.task, spec.target.column) != (champion_spec.task, champion_spec.target.column):
+        raise SpecError(
+            f"task: this spec trains a {spec.task} model of {spec.target.column!r}, but @champion "
+            f"v{champion_version} of '{spec.name}' is a {champion_spec.task} model of "
+            f"{champion_spec.target.column!r}: their metrics cannot be compared; {fix}"
+        )
+    if spec.task != "regression" and spec.target.values != champion_spec.target.values:
+        raise SpecError(
+            f"target: this spec's classes are {spec.target.values}, @champion v{champion_version}'s are "
+            f"{champion_spec.target.values}: their probabilities cannot be compared; {fix}"
+        )
+    missing = [name for name in champion_spec.feature_names if name not in holdout.columns]
+    if missing:
+        raise SpecError(
+            f"features: @champion v{champion_version} of '{spec.name}' reads {missing}, which this spec no longer "
+            "extracts, so it cannot be scored on the challenger's holdout; keep them in the spec's features while "
+            f"the champion needs them, or {fix}"
+        )
 
 
 def describe_holdout(holdout: pd.DataFrame, spec: ModelSpec) -> str:

@@ -145,3 +145,56 @@ def test_regression_direction_respects_lower_is_better(churn_spec):
     worse = {**better, "roc_auc": 0.835}
     verdict = evaluate.judge(churn_spec, worse, champion, gap=0.1, champion_version="4")
     assert verdict.failed == ["roc_auc 0.8350 vs champion v4 0.8500: worse by 0.0150 (over the allowed 0.0100)"]
+
+
+@pytest.fixture
+def churn_champion(churn_spec, churn_frame, tmp_path):
+    """A registry of its own holding churn v1 (@champion), trained by the functions the DAG's steps call."""
+    from pipelines.direct import train_and_register
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert train_and_register(churn_spec, churn_frame, uri, tmp_path).alias == "champion"
+    return uri, tmp_path
+
+
+def _changed(spec, **top_level):
+    data = yaml.safe_load(spec.to_yaml())
+    data.update(top_level)
+    return parse_spec(yaml.safe_dump(data))
+
+
+def _regression_of_monthly_charges(churn_spec):
+    data = yaml.safe_load(churn_spec.to_yaml())
+    data["task"] = "regression"
+    data["target"] = {"column": "monthly_charges"}
+    data["features"] = [f for f in data["features"] if f["name"] != "monthly_charges"]
+    data["evaluation"] = {"minimum": {}, "maximum": {}, "max_regression": {}}
+    data["training"] = {**data["training"], "algorithm": "linear_regression", "params": {}}
+    return parse_spec(yaml.safe_dump(data))
+
+
+def test_a_challenger_the_champion_cannot_be_compared_with_is_refused_naming_why(
+    churn_spec, churn_frame, churn_champion
+):
+    """Another task, other classes, or features the champion reads gone from the spec: the evaluate step refuses
+    (a 4xx-kind SpecError naming the field and the fix) instead of crashing on the champion's predictions, and
+    nothing is registered."""
+    from pipelines.direct import train_and_register
+
+    uri, home = churn_champion
+    swapped = _changed(churn_spec, target={"column": "churn", "positive": "No", "negative": "Yes"})
+    data = yaml.safe_load(churn_spec.to_yaml())
+    data["features"] = [f for f in data["features"] if f["name"] != "tenure"]
+    fewer = parse_spec(yaml.safe_dump(data))
+    cases = [
+        (_regression_of_monthly_charges(churn_spec), churn_frame, "task: this spec trains a regression model of"),
+        (swapped, churn_frame, "target: this spec's classes are ['Yes', 'No'], @champion v1's are ['No', 'Yes']"),
+        # The extract step's training set holds the spec's features only.
+        (fewer, churn_frame.drop(columns=["tenure"]), "features: @champion v1 of 'churn' reads ['tenure']"),
+    ]
+    for spec, frame, message in cases:
+        with pytest.raises(SpecError, match=r"cannot be (compared|scored)") as refused:
+            train_and_register(spec, frame, uri, home, "refused")
+        assert message in str(refused.value), str(refused.value)
+        assert "its own `name`" in str(refused.value)
+    assert [str(v.version) for v in registry.connect(uri).search_model_versions("name = 'churn'")] == ["1"]

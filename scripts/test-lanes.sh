@@ -14,7 +14,7 @@
 #
 #   scripts/test-lanes.sh [pytest arguments]
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 
 py=.venv/bin/python
 lane_b=(

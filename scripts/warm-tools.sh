@@ -10,7 +10,7 @@
 #
 # A tool that fails here fails again, with its message, in the test that needs it: nothing is skipped.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 
 status=0
 step() {

@@ -138,7 +138,11 @@ def test_a_stopped_node_deletes_the_network_namespaces_its_pods_leave(node):
     """containerd killed with pods running never calls CNI DEL: Node.stop deletes the `cni-*` namespaces that
     appeared while it ran (and only those). Proven on a namespace made like containerd makes them."""
     name = f"cni-shepherd-probe-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True, timeout=30)
+    # As containerd pins a pod's namespace: a new network namespace bind-mounted on a file. (Not `ip netns add`:
+    # on first use it bind-mounts /run/netns over itself, which hides the namespaces already pinned under it.)
+    NETNS_DIR.mkdir(parents=True, exist_ok=True)
+    (NETNS_DIR / name).touch()
+    subprocess.run(["unshare", f"--net={NETNS_DIR / name}", "true"], check=True, capture_output=True, timeout=30)
     try:
         made_while_running = pod_netns() - node[0].netns_before
         assert name in made_while_running
@@ -146,4 +150,5 @@ def test_a_stopped_node_deletes_the_network_namespaces_its_pods_leave(node):
         assert name not in pod_netns()
         assert not (NETNS_DIR / name).exists()
     finally:
-        subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=30, check=False)
+        if (NETNS_DIR / name).exists():
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=30, check=False)

@@ -324,7 +324,7 @@ state = "{state / "state"}"
         unmount_under(self.workdir)
 
 
-NETNS_DIR = Path("/var/run/netns")
+NETNS_DIR = Path("/run/netns")
 
 
 def pod_netns() -> frozenset[str]:

@@ -38,7 +38,7 @@ from serving.inference_service import build_inference_service
 from serving.inference_service_view import InferenceServiceView
 from serving.rollout.loop import reconcile_once
 from serving.rollout.machine import Action
-from tests.support.node import answers, wait_rolled_out
+from tests.support.node import answers, container_log, wait_rolled_out
 from tests.support.rollouts import PrometheusAnswers
 
 NAMESPACE = "models"
@@ -130,7 +130,7 @@ def test_the_champion_runs_as_kserves_deployment_and_answers(cluster, two_versio
     # instead of downloading it a second time.
     pods = core.list_namespaced_pod(NAMESPACE, label_selector="app=isvc.churn-predictor").items
     (pod,) = [p for p in pods if p.metadata.deletion_timestamp is None]
-    log = core.read_namespaced_pod_log(pod.metadata.name, NAMESPACE, container="kserve-container")
+    log = container_log(pod, "kserve-container")
     loaded_from = "loaded from /mnt/models, fetched and verified by the storage initializer"
     assert f"serving churn v1 (onnx, {loaded_from}) as champion" in log, log
 
@@ -158,7 +158,7 @@ def test_the_canary_runs_beside_the_champion_each_answering_its_version(
     (canary,) = obj["status"]["canaryStatuses"]
     assert (canary["name"], canary["ready"], canary["trafficPercent"]) == ("v2", True, 10)
     assert [m.version for m in InferenceServiceView(obj).served()] == ["1", "2"]
-    assert _pod_args(core, "churn-v2-predictor")[2:] == ["--model_uri=models:/churn/2", "--role=canary"]
+    assert _pod_args(core, "churn-v2-predictor")[3:] == ["--model_uri=models:/churn/2", "--role=canary"]
 
     rows = churn_frame.sample(16, random_state=6)
     v1, v2 = (_expected(model_server[0], v, spec, rows) for v in ("1", "2"))
@@ -204,7 +204,7 @@ def test_the_rollout_loop_steps_and_promotes_on_the_real_controller(cluster, two
     promoted = time.monotonic()
     _wait_gone(apps, "churn-v2-predictor")
     wait_rolled_out(apps, "churn-predictor", NAMESPACE)
-    assert _pod_args(core, "churn-predictor")[2:] == ["--model_uri=models:/churn/2", "--role=champion"]
+    assert _pod_args(core, "churn-predictor")[3:] == ["--model_uri=models:/churn/2", "--role=champion"]
     obj = _wait_status(backend, lambda s: _ready(s) and not s.get("canaryStatuses"), "no canary")
     print(f"\npromoted: stable Deployment on v2, canary gone, in {time.monotonic() - promoted:.1f} s")
     assert InferenceServiceView(obj).mode == "single"

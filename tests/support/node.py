@@ -339,6 +339,17 @@ def delete_pod_netns(names) -> None:
         subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=30, check=False)
 
 
+POD_LOGS = Path("/var/log/pods")
+
+
+def container_log(pod, container: str) -> str:
+    """What `container` of `pod` (a V1Pod) printed, read from the kubelet's log files on this machine. (The API
+    server's pods/log is refused here: the kubelet takes no webhook authentication from it.)"""
+    meta = pod.metadata
+    directory = POD_LOGS / f"{meta.namespace}_{meta.name}_{meta.uid}" / container
+    return "".join(path.read_text() for path in sorted(directory.glob("*.log")))
+
+
 def unmount_under(directory: Path) -> None:
     """The kubelet's volume mounts and containerd's sandbox /dev/shm outlive them: unmount what is left under
     `directory`, deepest first, so the directory can be removed."""

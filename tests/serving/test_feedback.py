@@ -183,11 +183,12 @@ def test_live_quality_scores_the_labelled_revisions(plane, rows, churn_frame):
     """Enough labelled traffic that both revisions have a window; the gauges are on the drift service's
     /metrics, as Prometheus scrapes them."""
     truth = churn_frame.head(40)["churn"].tolist()
+    logged_before = _quality(plane)["predictions"]
     labelled = []
     for _ in range(5):
         body = httpx.post(f"{plane.url}/v1/models/churn:predict", json={"instances": rows}, timeout=30).json()
         labelled += [{"id": p["id"], "label": label} for p, label in zip(body["predictions"], truth, strict=True)]
-    _logged(plane, 200)
+    _logged(plane, logged_before + 200)  # these, not only the earlier tests'
     answer = httpx.post(
         f"{plane.url}/v1/models/churn/feedback", json={"labels": labelled}, headers=_auth(plane), timeout=30
     )
@@ -212,16 +213,17 @@ def test_live_quality_scores_the_labelled_revisions(plane, rows, churn_frame):
 def test_killing_every_process_loses_no_acknowledged_label(plane, rows, two_versions):
     """SIGKILL the plane (its drift service and predictors die with it), start it again on the same home:
     every label acknowledged before is still there, and sending one again is a duplicate."""
+    logged_before = _quality(plane)["predictions"]
     body = httpx.post(f"{plane.url}/v1/models/churn:predict", json={"instances": rows[:2]}, timeout=30).json()
     ids = [p["id"] for p in body["predictions"]]
-    _logged(plane, 2)
+    _logged(plane, logged_before + 2)  # these two, not the earlier tests' (a label for an unlogged id is a 422)
     sent = httpx.post(
         f"{plane.url}/v1/models/churn/feedback",
         json={"labels": [{"id": i, "label": "No"} for i in ids]},
         headers=_auth(plane),
         timeout=30,
     )
-    assert sent.status_code == 200
+    assert sent.status_code == 200, sent.text
     counts = _quality(plane)
     pid = plane_pid(plane.home)
     os.kill(pid, signal.SIGKILL)

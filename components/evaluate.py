@@ -173,7 +173,7 @@ def evaluate_run(spec: ModelSpec, training_set_path: Path, tracking_uri: str, mo
     champion = registry.champion_version(client, spec.name)
     champion_model = None
     if champion is not None:
-        champion_spec = _champion_spec(client, champion)
+        champion_spec = registry.version_spec(client, champion)
         comparable(spec, champion_spec, champion.version, holdout)
         champion_model = mlflow.sklearn.load_model(f"models:/{spec.name}/{champion.version}")
     verdict = evaluate(
@@ -186,17 +186,6 @@ def evaluate_run(spec: ModelSpec, training_set_path: Path, tracking_uri: str, mo
     )
     verdict.holdout = describe_holdout(holdout, spec)
     return verdict
-
-
-def _champion_spec(client, champion) -> ModelSpec:
-    import tempfile
-
-    from components import registry
-    from components.spec import parse_spec
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(client.download_artifacts(champion.run_id, registry.SPEC_ARTIFACT, tmp))
-        return parse_spec(path.read_text(), origin=f"@champion v{champion.version} spec")
 
 
 def comparable(spec: ModelSpec, champion_spec: ModelSpec, champion_version: str, holdout: pd.DataFrame) -> None:

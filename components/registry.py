@@ -146,6 +146,15 @@ def version_with_fingerprint(client, name: str, fingerprint: str):
     return max(found, key=lambda v: int(v.version), default=None)
 
 
+def version_spec(client, model_version):
+    """The spec a registered version was trained from (its run's spec artifact), parsed."""
+    from components.spec import parse_spec
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(client.download_artifacts(model_version.run_id, SPEC_ARTIFACT, tmp))
+        return parse_spec(path.read_text(), origin=f"{model_version.name} v{model_version.version} spec")
+
+
 def get_version(client, name: str, version: str):
     """A version by number or by alias (`champion`, `@champion`), with a clear error if absent."""
     from mlflow.exceptions import MlflowException

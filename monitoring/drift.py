@@ -510,13 +510,9 @@ class ReferenceStore:
 
     def _download_spec(self, model: str, version: str):
         from components import registry
-        from components.spec import parse_spec
 
         client = registry.connect(self.tracking_uri)
-        model_version = registry.get_version(client, model, version)
-        with tempfile.TemporaryDirectory() as tmp:
-            spec_path = client.download_artifacts(model_version.run_id, registry.SPEC_ARTIFACT, tmp)
-            return parse_spec(Path(spec_path).read_text(), origin=f"{model} v{version} spec")
+        return registry.version_spec(client, registry.get_version(client, model, version))
 
     def resolve_version(self, model: str, role: str) -> str:
         """The version behind a role when the logger does not say (KServe's ce-modelid is the model name)."""

@@ -16,14 +16,16 @@ Evidently HTML report at `/models/<model>/report?role=canary&reference=champion`
 Payload logs are accepted in three CloudEvents forms (contract in `monitoring/payload_log.py`): binary mode
 (ce-* headers, one event per POST: what KServe's logger sends), one structured event
 (`application/cloudevents+json`), and batch mode (`application/cloudevents-batch+json`, a JSON array of
-structured events: what the local plane sends). A request waits in `pending` for its response: a response
+structured events: what the local plane sends). A request waits in `pending` for its response (or a response
+for its request: KServe's agent posts the two from concurrent workers, so either may come first): a response
 with an error status (the `statuscode` attribute) drops it at once, and a request whose response never comes
 (KServe's logger logs no error responses) is dropped after `--pending-ttl` seconds, so memory stays flat
 whatever the traffic. Binary tensor bodies (the `inferenceheaderlength` attribute) are decoded with KServe's
 own parser.
 
 HTTP API:
-  POST /                          CloudEvents: binary mode (KServe's logger), structured, or batch mode
+  POST /                          CloudEvents: binary mode (KServe's logger), structured, or batch mode;
+                                  ?role=&version= name the revision when the events do not (KServe's Standard mode)
   GET  /metrics                   Prometheus exposition
   GET  /models/<model>            latest results per revision and reference
   GET  /models/<model>/report     Evidently HTML (query: role, reference)
@@ -55,6 +57,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import orjson
@@ -84,6 +87,8 @@ from monitoring.payload_log import (
     MODEL_ID_ATTRIBUTE,
     REQUEST_EVENT,
     RESPONSE_EVENT,
+    REVISION_ROLE_PARAMETER,
+    REVISION_VERSION_PARAMETER,
     STATUS_ATTRIBUTE,
     STRUCTURED_CONTENT_TYPE,
 )
@@ -148,8 +153,17 @@ class DriftResult:
 
 @dataclass
 class Pending:
-    rows: list[dict]
+    """Half a prediction waiting for the other half: a request's rows, or a response that came before its
+    request (KServe's agent posts a prediction's two events from concurrent workers, so either may come first)."""
+
     received: float  # time.monotonic()
+    rows: list[dict] | None = None  # a request's feature rows
+    status: int = 0  # a response's HTTP status
+    scores: list | None = None  # a 2xx response's predictions
+
+    @property
+    def size(self) -> int:
+        return len(self.rows) if self.rows is not None else 0
 
 
 @dataclass
@@ -158,34 +172,33 @@ class Window:
 
     version: str
     rows: deque = field(default_factory=deque)
-    pending: dict[str, Pending] = field(default_factory=dict)  # event id -> request rows, oldest first
+    pending: dict[str, Pending] = field(default_factory=dict)  # event id -> half a prediction, oldest first
     pending_rows: int = 0
     changed: bool = False
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(list(self.rows))
 
-    def wait_for_response(self, event_id: str, rows: list[dict], now: float) -> int:
-        """Keep a request's rows until its response comes; returns how many older requests the limits dropped."""
+    def wait(self, event_id: str, half: Pending) -> int:
+        """Keep half a prediction until the other half comes; returns how many older ones the limits dropped."""
         self.take(event_id)  # a repeated id moves to the end: the dict stays in arrival order
-        self.pending[event_id] = Pending(rows, now)
-        self.pending_rows += len(rows)
+        self.pending[event_id] = half
+        self.pending_rows += half.size
         dropped = 0
         while len(self.pending) > 1 and (len(self.pending) > PENDING_LIMIT or self.pending_rows > PENDING_ROWS_LIMIT):
             self.take(next(iter(self.pending)))
             dropped += 1
         return dropped
 
-    def take(self, event_id: str) -> list[dict] | None:
-        """The pending request's rows (no longer pending), or None if it is not waiting."""
+    def take(self, event_id: str) -> Pending | None:
+        """The half prediction waiting under `event_id` (no longer waiting), or None."""
         entry = self.pending.pop(event_id, None)
-        if entry is None:
-            return None
-        self.pending_rows -= len(entry.rows)
-        return entry.rows
+        if entry is not None:
+            self.pending_rows -= entry.size
+        return entry
 
     def expire(self, older_than: float) -> int:
-        """Drop the requests received before `older_than`; returns how many."""
+        """Drop the halves received before `older_than`; returns how many."""
         expired = 0
         while self.pending:
             oldest = next(iter(self.pending))
@@ -218,8 +231,9 @@ def _attribute(attributes: Mapping, name: str, where: str) -> str:
     return value
 
 
-def _event(attributes: Mapping, where: str, decode) -> LoggedEvent:
-    """A LoggedEvent from its attributes (`where` prefixes each name: `header ce-` or `events[3].`)."""
+def _event(attributes: Mapping, where: str, decode, revision: Mapping) -> LoggedEvent:
+    """A LoggedEvent from its attributes (`where` prefixes each name: `header ce-` or `events[3].`); `revision`:
+    the query parameters of the URL it was posted to."""
     kind = _attribute(attributes, "type", where)
     event_id = _attribute(attributes, "id", where)
     model = _attribute(attributes, "inferenceservicename", where)
@@ -231,7 +245,11 @@ def _event(attributes: Mapping, where: str, decode) -> LoggedEvent:
     except (TypeError, ValueError):
         raise BadEvent(f"{where}{STATUS_ATTRIBUTE}: expected an HTTP status code, got {status!r}") from None
     version = attributes.get(MODEL_ID_ATTRIBUTE) or ""
-    role = "canary" if attributes.get("endpoint") == "canary" else "champion"
+    endpoint = attributes.get("endpoint") or ""
+    role = "canary" if endpoint == "canary" else "champion"
+    if not endpoint:  # KServe's Standard mode: the logger URL names the revision (`revision`)
+        role = "canary" if revision.get(REVISION_ROLE_PARAMETER) == "canary" else "champion"
+        version = version or revision.get(REVISION_VERSION_PARAMETER) or ""
     payload = decode(kind, attributes.get(HEADER_LENGTH_ATTRIBUTE)) if 200 <= status < 300 else None
     return LoggedEvent(kind, event_id, model, role, str(version), status, payload)
 
@@ -256,14 +274,14 @@ def _decode(data: bytes, kind: str, header_length, model: str) -> object:
         raise BadEvent(f"body: not a binary tensor body with a {header_length}-byte JSON header ({exc})") from exc
 
 
-def event_from_binary(headers: Mapping[str, str], body: bytes) -> LoggedEvent:
+def event_from_binary(headers: Mapping[str, str], body: bytes, revision: Mapping = MappingProxyType({})) -> LoggedEvent:
     """An event in binary mode: attributes in ce-* headers, the payload as the body (KServe's logger)."""
     attributes = {k.lower()[3:]: v for k, v in headers.items() if k.lower().startswith("ce-")}
     model = attributes.get("inferenceservicename", "")
-    return _event(attributes, "header ce-", lambda kind, length: _decode(body, kind, length, model))
+    return _event(attributes, "header ce-", lambda kind, length: _decode(body, kind, length, model), revision)
 
 
-def event_from_structured(event: object, where: str = "") -> LoggedEvent:
+def event_from_structured(event: object, where: str = "", revision: Mapping = MappingProxyType({})) -> LoggedEvent:
     """An event in the JSON event format: attributes as members, `data` (JSON) or `data_base64`."""
     if not isinstance(event, dict):
         raise BadEvent(f"{where or 'body'}: expected a CloudEvent (a JSON object)")
@@ -280,7 +298,7 @@ def event_from_structured(event: object, where: str = "") -> LoggedEvent:
             raise BadEvent(f"{where}data: required (or data_base64)")
         return event["data"]
 
-    return _event(event, where, decode)
+    return _event(event, where, decode, revision)
 
 
 @dataclass(frozen=True)
@@ -581,7 +599,11 @@ class DriftService:
             DRIFT_EVENTS_TOTAL.removesuffix("_total"), "CloudEvents received.", ["outcome"], registry=registry
         )
         self.events = {o: events.labels(outcome=o) for o in ("ok", "invalid")}
-        pending = Gauge(DRIFT_PENDING_REQUESTS, "Request events waiting for their response event.", registry=registry)
+        pending = Gauge(
+            DRIFT_PENDING_REQUESTS,
+            "Request events waiting for their response event (and responses that came before their request).",
+            registry=registry,
+        )
         # list(): a scrape must not iterate the dict while an ingesting thread changes it
         pending.set_function(lambda: sum(len(w.pending) for w in list(self.windows.values())))
         discarded = Counter(
@@ -598,24 +620,30 @@ class DriftService:
         )
 
     # -- ingestion ------------------------------------------------------------------------------
-    def ingest(self, headers: Mapping[str, str], body: bytes) -> int:
-        """Take one CloudEvent in binary mode (KServe's logger); returns the rows it completed (0 for a
-        request still awaiting its response)."""
+    def ingest(self, headers: Mapping[str, str], body: bytes, revision: Mapping = MappingProxyType({})) -> int:
+        """Take one CloudEvent in binary mode (KServe's logger); returns the rows it completed (0 for half a
+        prediction still awaiting the other half). `revision`: the query parameters of the URL it was posted to."""
         predicted: list[Prediction] = []
-        rows = self._counted(lambda: self._take(event_from_binary(headers, body), predicted))
+        rows = self._counted(lambda: self._take(event_from_binary(headers, body, revision), predicted))
         self._record(predicted)
         return rows
 
-    def ingest_structured(self, event: object, where: str = "", predicted: list[Prediction] | None = None) -> int:
+    def ingest_structured(
+        self,
+        event: object,
+        where: str = "",
+        predicted: list[Prediction] | None = None,
+        revision: Mapping = MappingProxyType({}),
+    ) -> int:
         """Take one CloudEvent in the JSON event format (its predictions are recorded at once, or added
         to `predicted` for the caller to record)."""
         batch: list[Prediction] = [] if predicted is None else predicted
-        rows = self._counted(lambda: self._take(event_from_structured(event, where), batch))
+        rows = self._counted(lambda: self._take(event_from_structured(event, where, revision), batch))
         if predicted is None:
             self._record(batch)
         return rows
 
-    def ingest_batch(self, body: bytes) -> dict:
+    def ingest_batch(self, body: bytes, revision: Mapping = MappingProxyType({})) -> dict:
         """Take a batch (a JSON array of structured events). A bad event is reported by its index and
         does not keep the others out."""
         try:
@@ -631,7 +659,7 @@ class DriftService:
         predicted: list[Prediction] = []
         for index, event in enumerate(events):
             try:
-                rows += self.ingest_structured(event, f"events[{index}].", predicted)
+                rows += self.ingest_structured(event, f"events[{index}].", predicted, revision)
             except (BadEvent, LookupError) as exc:
                 invalid.append({"index": index, "error": str(exc)})
             except Exception as exc:  # a bug of ours on one event must not lose the rest of the batch
@@ -695,8 +723,12 @@ class DriftService:
         if not version.isdigit():
             version = self.references.resolve_version(event.model, event.role)
         model, role = event.model, event.role
-        request_rows = rows_from_request(event.payload) if event.kind == REQUEST_EVENT else None
         now = time.monotonic()
+        if event.kind == REQUEST_EVENT:
+            request_rows = rows_from_request(event.payload)
+        else:
+            ok = 200 <= event.status < 300
+            response = Pending(now, status=event.status, scores=scores_from_response(event.payload) if ok else None)
         with self._lock:
             self._expire(now)
             window = self.windows.get((model, role))
@@ -704,16 +736,20 @@ class DriftService:
                 if window is not None:
                     self._forget(model, role, window.version)
                 window = self.windows[(model, role)] = Window(version, deque(maxlen=self.window_rows))
-            if request_rows is not None:
-                self.discarded["overflow"].inc(window.wait_for_response(event.event_id, request_rows, now))
-                return 0
-            rows = window.take(event.event_id)
-            if rows is None:
-                return 0  # the request event was lost, dropped or expired: nothing to pair
-            if not 200 <= event.status < 300:
+            waiting = window.take(event.event_id)
+            if event.kind == REQUEST_EVENT:
+                if waiting is None or waiting.rows is not None:  # (a repeated request replaces the first)
+                    self.discarded["overflow"].inc(window.wait(event.event_id, Pending(now, rows=request_rows)))
+                    return 0
+                rows, status, scores = request_rows, waiting.status, waiting.scores  # its response came first
+            else:
+                if waiting is None or waiting.rows is None:  # the request is on its way (or was lost: the TTL)
+                    self.discarded["overflow"].inc(window.wait(event.event_id, response))
+                    return 0
+                rows, status, scores = waiting.rows, response.status, response.scores
+            if not 200 <= status < 300:
                 self.discarded["error_response"].inc()  # rejected: no prediction to compare
                 return 0
-            scores = scores_from_response(event.payload)
             if len(rows) != len(scores):
                 raise BadEvent(
                     f"body: {len(scores)} predictions for a request of {len(rows)} rows (id {event.event_id})"
@@ -907,17 +943,18 @@ def create_app(
     async def receive(request: Request) -> Response:
         body = await request.body()
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        revision = dict(request.query_params)  # a Standard-mode predictor's logger URL names its revision
         try:
             if content_type == BATCH_CONTENT_TYPE:
-                return JSONResponse(await asyncio.to_thread(service.ingest_batch, body), status_code=202)
+                return JSONResponse(await asyncio.to_thread(service.ingest_batch, body, revision), status_code=202)
             if content_type == STRUCTURED_CONTENT_TYPE:
                 try:
                     event = json.loads(body)
                 except (ValueError, RecursionError) as exc:
                     raise BadEvent(f"body: not JSON ({exc})") from exc
-                rows = await asyncio.to_thread(service.ingest_structured, event)
+                rows = await asyncio.to_thread(service.ingest_structured, event, "", None, revision)
             else:
-                rows = await asyncio.to_thread(service.ingest, request.headers, body)
+                rows = await asyncio.to_thread(service.ingest, request.headers, body, revision)
         except BadEvent as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         except LookupError as exc:  # no such model or alias in the registry

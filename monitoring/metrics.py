@@ -34,9 +34,11 @@ DRIFT_DETECTED = "shepherd_drift_detected"  # 1 when Evidently's dataset drift f
 DRIFT_FEATURE_SCORE = "shepherd_drift_feature_score"  # Evidently's per-column drift score
 DRIFT_WINDOW_ROWS = "shepherd_drift_window_rows"  # rows in the revision's current window
 DRIFT_EVENTS_TOTAL = "shepherd_drift_events_total"  # CloudEvents received, by `outcome`
-DRIFT_PENDING_REQUESTS = "shepherd_drift_pending_requests"  # request events still waiting for their response
+# Request events still waiting for their response (and responses that came before their request).
+DRIFT_PENDING_REQUESTS = "shepherd_drift_pending_requests"
 # Request events dropped before their response paired them, by `reason`: `error_response` (the request was
-# answered with an error: nothing to compare), `expired` (no response within the TTL), `overflow` (limits).
+# answered with an error: nothing to compare), `expired` (no response within the TTL, or a response whose request
+# never came), `overflow` (limits).
 DRIFT_PENDING_DISCARDED_TOTAL = "shepherd_drift_pending_discarded_total"
 DRIFT_PENDING_REASONS = ("error_response", "expired", "overflow")
 DRIFT_REFERENCES = ("training", "champion")

@@ -14,11 +14,13 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import yaml
 
 from components.platform import PLATFORM_IMAGE
 from components.spec import ModelSpec
+from monitoring.payload_log import REVISION_ROLE_PARAMETER, REVISION_VERSION_PARAMETER
 
 ANNOTATION_POLICY = "shepherd.io/rollout-policy"
 ANNOTATION_VERSION = "shepherd.io/model-version"
@@ -113,6 +115,8 @@ def _predictor(
         # share, ceil(stable replicas x percent / 100) (it keeps one pod even at 0 %).
         predictor = {"name": name, "model": {"name": CONTAINER_NAME, **model}}
     if payload_log_url:
+        if spec.deployment.mode == "Standard":
+            payload_log_url = revision_log_url(payload_log_url, role, version)
         predictor["logger"] = {"mode": "all", "url": payload_log_url}
     return predictor
 
@@ -120,6 +124,20 @@ def _predictor(
 def canary_name(version: str) -> str:
     """The canary predictor's name: KServe names its Deployment and Service `<isvc>-<name>-predictor`."""
     return f"v{version}"
+
+
+def revision_log_url(url: str, role: str, version: str | None = None) -> str:
+    """A Standard-mode predictor's payload-log URL: `url` naming the revision whose agent posts there
+    (`?role=...&version=...`; `version` None keeps the one `url` names). In Standard mode KServe's agent says
+    nothing about the revision it logs for: `endpoint` is empty (no pod carries the label it is read from), there
+    is no version, and `source` is empty (KServe's pod mutator sees a pod before it has a name). Each Standard
+    predictor is its own Deployment with its own logger, so its URL can say it (found on the real node)."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query[REVISION_ROLE_PARAMETER] = role
+    if version is not None:
+        query[REVISION_VERSION_PARAMETER] = str(version)
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def build_inference_service(

@@ -20,7 +20,7 @@ import copy
 from dataclasses import dataclass
 from typing import Literal
 
-from serving.inference_service import ANNOTATION_CHAMPION
+from serving.inference_service import ANNOTATION_CHAMPION, revision_log_url
 
 Role = Literal["champion", "canary"]
 Mode = Literal["standard", "knative", "single"]
@@ -172,4 +172,7 @@ class InferenceServiceView:
         obj["metadata"].get("annotations", {}).pop(ANNOTATION_CHAMPION, None)
         container = serving_container(spec["predictor"])
         container["args"] = ["--role=champion" if a == "--role=canary" else a for a in container.get("args", [])]
+        logger = spec["predictor"].get("logger") or {}
+        if self.mode == "standard" and logger.get("url"):  # its payload log now names it the champion
+            logger["url"] = revision_log_url(logger["url"], "champion")
         return obj

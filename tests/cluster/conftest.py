@@ -23,7 +23,7 @@ from tests.conftest import REPO
 from tests.support.containers import shepherd_image
 from tests.support.control_plane import ControlPlane, build_binaries
 from tests.support.crds import KSERVE_MODULE, KSERVE_VERSION, module_dir, prometheus_operator_crds
-from tests.support.kserve import KServeController, build_manager
+from tests.support.kserve import AGENT_IMAGE, KServeController, agent_archive, build_kserve
 from tests.support.node import POD_GATEWAY, Node, missing_prerequisites, node_ip
 from tests.support.prometheus import start_prometheus
 
@@ -147,12 +147,14 @@ def prepare_model_namespace(api, namespace: str, image: str, tracking_uri: str) 
 
 @pytest.fixture(scope="session")
 def kserve(node, model_server, tmp_path_factory):
-    """KServe's controller and webhooks on the node's control plane, the `shepherd-models` ClusterStorageContainer
-    (the test's image), and test_kserve's model namespace."""
+    """KServe's controller and webhooks on the node's control plane (its agent image in containerd), the
+    `shepherd-models` ClusterStorageContainer (the test's image), and test_kserve's model namespace."""
     from kubernetes import client
 
     the_node, image = node
-    controller = KServeController(tmp_path_factory.mktemp("kserve"), the_node.plane, build_manager())
+    binaries = build_kserve()
+    the_node.import_archive(AGENT_IMAGE, agent_archive(binaries))  # the payload logger KServe adds to pods
+    controller = KServeController(tmp_path_factory.mktemp("kserve"), the_node.plane, binaries / "manager")
     try:
         controller.start()
         api = the_node.plane.api_client()

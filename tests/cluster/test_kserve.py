@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import subprocess
+import sys
 import time
 
+import httpx
 import mlflow
 import numpy as np
 import pytest
@@ -32,13 +35,15 @@ import yaml
 from components import registry
 from components.model_output import predict
 from components.spec import parse_spec
+from monitoring.metrics import DRIFT_WINDOW_ROWS
 from pipelines.direct import train_and_register
 from serving.backends import KubernetesBackend, ServingError
 from serving.inference_service import build_inference_service
 from serving.inference_service_view import InferenceServiceView
+from serving.local_plane import free_port
 from serving.rollout.loop import reconcile_once
 from serving.rollout.machine import Action
-from tests.support.node import answers, container_log, wait_rolled_out
+from tests.support.node import POD_GATEWAY, answers, container_log, wait_rolled_out
 from tests.support.rollouts import PrometheusAnswers
 
 NAMESPACE = "models"
@@ -63,6 +68,54 @@ def two_versions(node, model_server, churn_spec, churn_frame, tmp_path_factory):
         client.CustomObjectsApi(node[0].plane.api_client()).delete_namespaced_custom_object(
             GROUP, VERSION, NAMESPACE, "inferenceservices", "churn"
         )
+
+
+@pytest.fixture(scope="module")
+def drift_service(model_server, tmp_path_factory):
+    """Shepherd's drift service on this machine, where the predictors' payload loggers post (pods reach it through
+    the bridge, as they reach MLflow); yields (URL here, URL for pods)."""
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("drift") / "drift.log"
+    command = [sys.executable, "-m", "monitoring.drift", "--host=0.0.0.0", f"--port={port}"]
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [*command, f"--tracking-uri={model_server[0]}"], stdout=log, stderr=subprocess.STDOUT
+        )
+    local = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{local}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()[-2000:]
+            time.sleep(0.5)
+        yield local, f"http://{POD_GATEWAY}:{port}/"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _logged_rows(drift_url: str, expected: dict, seconds: float = 30) -> dict:
+    """The drift service's window rows by (version, role) once they equal `expected` (the agents post as they
+    answer, a moment later), or what they were at the deadline."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    deadline = time.monotonic() + seconds
+    while True:
+        families = text_string_to_metric_families(httpx.get(f"{drift_url}/metrics", timeout=5).text)
+        rows = {
+            (sample.labels["version"], sample.labels["role"]): int(sample.value)
+            for family in families
+            if family.name == DRIFT_WINDOW_ROWS
+            for sample in family.samples
+            if sample.labels.get("model") == "churn"
+        }
+        if rows == expected or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -104,11 +157,13 @@ def _pod_args(core, deployment: str) -> list[str]:
     return running[0].spec.containers[0].args
 
 
-def test_the_champion_runs_as_kserves_deployment_and_answers(cluster, two_versions, model_server, churn_frame):
+def test_the_champion_runs_as_kserves_deployment_and_answers(
+    cluster, two_versions, model_server, churn_frame, drift_service
+):
     backend, core, apps, image = cluster
     spec = two_versions
     created = time.monotonic()
-    backend.apply(build_inference_service(spec, "1", image=image))
+    backend.apply(build_inference_service(spec, "1", image=image, payload_log_url=drift_service[1]))
     wait_rolled_out(apps, "churn-predictor", NAMESPACE)
     _wait_status(backend, _ready, "Ready")
     print(f"\nInferenceService created -> Ready in {time.monotonic() - created:.1f} s")
@@ -134,6 +189,13 @@ def test_the_champion_runs_as_kserves_deployment_and_answers(cluster, two_versio
     loaded_from = "loaded from /mnt/models, fetched and verified by the storage initializer"
     assert f"serving churn v1 (onnx, {loaded_from}) as champion" in log, log
 
+    # The payload logger: KServe's pod mutator added its agent beside the predictor, the Service sends requests
+    # through it (port 9081), and it posted each request and answer to the drift service, which paired them
+    # under the champion's version (the registry's @champion: KServe's agent names no version).
+    assert [c.name for c in pod.spec.containers] == ["kserve-container", "agent"]
+    assert [p.target_port for p in core.read_namespaced_service("churn-predictor", NAMESPACE).spec.ports] == [9081]
+    assert _logged_rows(drift_service[0], {("1", "champion"): 16}) == {("1", "champion"): 16}
+
 
 def test_kserves_admission_refuses_the_canary_shape_it_does_not_support(cluster, two_versions):
     backend, _, _, image = cluster
@@ -146,11 +208,15 @@ def test_kserves_admission_refuses_the_canary_shape_it_does_not_support(cluster,
 
 
 def test_the_canary_runs_beside_the_champion_each_answering_its_version(
-    cluster, two_versions, model_server, churn_frame
+    cluster, two_versions, model_server, churn_frame, drift_service
 ):
     backend, core, apps, image = cluster
     spec = two_versions
-    backend.apply(build_inference_service(spec, "2", champion_version="1", canary_percent=10, image=image))
+    backend.apply(
+        build_inference_service(
+            spec, "2", champion_version="1", canary_percent=10, image=image, payload_log_url=drift_service[1]
+        )
+    )
     wait_rolled_out(apps, "churn-v2-predictor", NAMESPACE)
     obj = _wait_status(
         backend, lambda s: [c.get("ready") for c in s.get("canaryStatuses", [])] == [True], "the canary ready"
@@ -166,6 +232,19 @@ def test_the_canary_runs_beside_the_champion_each_answering_its_version(
     np.testing.assert_allclose(_served(core, "churn-predictor", spec, rows), v1, atol=1e-5)
     np.testing.assert_allclose(_served(core, "churn-v2-predictor", spec, rows), v2, atol=1e-5)
 
+    # KServe 0.20 gives the canary's pod the agent but builds its Service without the predictor's logger
+    # (reconcileCanaryDeployments passes an empty ComponentExtensionSpec), so the Service bypasses the agent and
+    # the answers above were not logged. Sent to the pod's agent port, as a gateway must be told to, they are, and
+    # land in the canary's window: KServe's agent sends no endpoint in Standard mode, and the drift service tells
+    # the canary by the pod that logged them.
+    assert [p.target_port for p in core.read_namespaced_service("churn-v2-predictor", NAMESPACE).spec.ports] == [8080]
+    pods = core.list_namespaced_pod(NAMESPACE, label_selector="app=isvc.churn-v2-predictor").items
+    (pod,) = [p for p in pods if p.metadata.deletion_timestamp is None]
+    through_agent = [p["probability"] for p in answers(f"http://{pod.status.pod_ip}:9081", spec, rows)["predictions"]]
+    np.testing.assert_allclose(through_agent, v2, atol=1e-5)
+    expected = {("1", "champion"): 32, ("2", "canary"): 16}
+    assert _logged_rows(drift_service[0], expected) == expected
+
 
 def _pod_uids(core) -> dict[str, str]:
     """The running predictor pods' uids by Deployment: a rolled Deployment has new pods."""
@@ -176,7 +255,9 @@ def _pod_uids(core) -> dict[str, str]:
     return uids
 
 
-def test_the_rollout_loop_steps_and_promotes_on_the_real_controller(cluster, two_versions, model_server, churn_frame):
+def test_the_rollout_loop_steps_and_promotes_on_the_real_controller(
+    cluster, two_versions, model_server, churn_frame, drift_service
+):
     backend, core, apps, _ = cluster
     spec, metrics, now, actions = two_versions, PrometheusAnswers(), 1000.0, []
     pods_before = _pod_uids(core)
@@ -212,13 +293,20 @@ def test_the_rollout_loop_steps_and_promotes_on_the_real_controller(cluster, two
     expected = _expected(model_server[0], "2", spec, rows)
     np.testing.assert_allclose(_served(core, "churn-predictor", spec, rows), expected, atol=1e-5)
     assert str(registry.connect(model_server[0]).get_model_version_by_alias("churn", "champion").version) == "2"
+    # The promoted predictor's payload log opens a new champion window on version 2 (v1's is dropped).
+    logged = {("2", "champion"): 16, ("2", "canary"): 16}
+    assert _logged_rows(drift_service[0], logged) == logged
 
 
-def test_a_failing_canary_is_rolled_back_on_the_real_controller(cluster, two_versions, model_server):
+def test_a_failing_canary_is_rolled_back_on_the_real_controller(cluster, two_versions, model_server, drift_service):
     backend, _, apps, image = cluster
     client = registry.connect(model_server[0])
     client.set_registered_model_alias("churn", "challenger", "1")  # v1 comes back as the challenger of v2
-    backend.apply(build_inference_service(two_versions, "1", champion_version="2", canary_percent=10, image=image))
+    backend.apply(
+        build_inference_service(
+            two_versions, "1", champion_version="2", canary_percent=10, image=image, payload_log_url=drift_service[1]
+        )
+    )
     wait_rolled_out(apps, "churn-v1-predictor", NAMESPACE)
     metrics = PrometheusAnswers()
     metrics.errors = 30.0  # every interval: the canary fails 30 % of its requests

@@ -218,6 +218,30 @@ def test_a_new_version_in_a_role_starts_a_new_window_and_drops_old_series(servic
     assert gauge(drift, DRIFT_SHARE, **labels) is None
 
 
+def test_kserves_standard_mode_events_are_told_apart_by_their_logger_url(service, traffic):
+    """KServe's agent in Standard mode sends an empty `endpoint` and `source` and no version: each predictor's
+    logger URL names its revision (serving.inference_service.revision_log_url)."""
+    drift, client = service
+    rows, scores = traffic["same"]
+
+    def agent_logs(url: str, requests: int) -> None:
+        for i in range(requests):
+            event_id = str(uuid.uuid4())
+            answer = {"predictions": [{"label": "x", "probability": float(scores[i])}]}
+            for kind, body in ((REQUEST_EVENT, {"instances": rows[i : i + 1]}), (RESPONSE_EVENT, answer)):
+                headers = {**_headers(kind, event_id, "champion", "1"), "ce-endpoint": "", "ce-source": ""}
+                del headers["ce-modelid"]
+                response = client.post(url, content=json.dumps(body), headers=headers)
+                assert response.status_code == 202, response.text
+
+    agent_logs("/?role=canary&version=2", 3)
+    agent_logs("/?role=champion&version=1", 2)
+    agent_logs("/", 1)  # a logger URL naming nothing: the champion, at the registry's @champion
+    canary, champion = drift.windows[("churn", "canary")], drift.windows[("churn", "champion")]
+    assert (canary.version, len(canary.rows)) == ("2", 3)
+    assert (champion.version, len(champion.rows)) == ("1", 3)
+
+
 def _structured(kind: str, event_id: str, data: dict, status: int | None = None, role="champion", version="1") -> dict:
     """One event in the JSON event format, as the local plane batches them."""
     event = {
@@ -298,6 +322,35 @@ def test_a_request_answered_with_an_error_is_dropped_at_once(service, traffic, m
     assert gauge(drift, DRIFT_PENDING_REQUESTS) == 0.0
     assert gauge(drift, DRIFT_PENDING_DISCARDED_TOTAL, reason="error_response") == 10.0
     assert not drift.windows[("churn", "champion")].rows  # an error is not a prediction
+
+
+def test_a_response_that_comes_before_its_request_is_paired_when_the_request_comes(service, traffic):
+    """KServe's agent posts a prediction's request and response events from concurrent workers (found on the real
+    node: its response came first, and the prediction was lost)."""
+    drift, client = service
+    rows, scores = traffic["same"]
+    for i in range(3):
+        answer = {"predictions": [{"label": "x", "probability": float(p)} for p in scores[i * 4 : i * 4 + 4]]}
+        posted = client.post(
+            "/", content=json.dumps(answer), headers=_headers(RESPONSE_EVENT, f"r{i}", "champion", "1")
+        )
+        assert posted.json() == {"rows": 0} and pending(client) == {"champion": i + 1}
+    error = {**_headers(RESPONSE_EVENT, "rejected", "champion", "1"), "ce-statuscode": "400"}
+    client.post("/", content=json.dumps({"error": "instances[0].tenure: expected a number"}), headers=error)
+    for i in range(3):
+        request = {"instances": rows[i * 4 : i * 4 + 4]}
+        posted = client.post(
+            "/", content=json.dumps(request), headers=_headers(REQUEST_EVENT, f"r{i}", "champion", "1")
+        )
+        assert posted.json() == {"rows": 4}
+    rejected = client.post(
+        "/", content=json.dumps({"instances": rows[:1]}), headers=_headers(REQUEST_EVENT, "rejected", "champion", "1")
+    )
+    assert rejected.json() == {"rows": 0}
+    window = drift.windows[("churn", "champion")]
+    assert [row["prediction"] for row in window.rows] == pytest.approx([float(p) for p in scores[:12]])
+    assert pending(client) == {"champion": 0}
+    assert gauge(drift, DRIFT_PENDING_DISCARDED_TOTAL, reason="error_response") == 1.0
 
 
 def test_a_request_whose_response_never_comes_expires_after_the_ttl(registered_churn, traffic):

@@ -9,6 +9,7 @@ import jsonschema
 import pytest
 import yaml
 
+from components.spec import parse_spec
 from serving.inference_service import (
     ANNOTATION_CHAMPION,
     ANNOTATION_POLICY,
@@ -17,7 +18,7 @@ from serving.inference_service import (
     kserve_inference_service_setting,
     to_yaml,
 )
-from serving.inference_service_view import serving_container
+from serving.inference_service_view import InferenceServiceView, serving_container
 from tests.conftest import REPO
 from tests.support.crds import validate_inference_service
 
@@ -103,3 +104,26 @@ def test_example_manifests_are_current_and_valid(churn_spec, mode):
     assert yaml.safe_load(path.read_text()) == built, f"regenerate {path.name}: make examples"
     validate_inference_service(yaml.safe_load(path.read_text()))
     assert to_yaml(built) in path.read_text()
+
+
+def test_each_standard_predictor_names_its_revision_in_its_logger_url(churn_spec):
+    """KServe's agent says nothing about the revision it logs for in Standard mode: each predictor's logger URL
+    does, and promotion renames the promoted one the champion."""
+    url = "http://shepherd-drift.shepherd.svc:8080/?tenant=a"
+    obj = build_inference_service(churn_spec, "2", champion_version="1", canary_percent=10, payload_log_url=url)
+    stable, canary = obj["spec"]["predictor"], obj["spec"]["canary"][0]["predictor"]
+    assert stable["logger"]["url"] == "http://shepherd-drift.shepherd.svc:8080/?tenant=a&role=champion&version=1"
+    assert canary["logger"]["url"] == "http://shepherd-drift.shepherd.svc:8080/?tenant=a&role=canary&version=2"
+    promoted = InferenceServiceView(obj).promoted()["spec"]["predictor"]
+    assert promoted["logger"]["url"] == "http://shepherd-drift.shepherd.svc:8080/?tenant=a&role=champion&version=2"
+    assert (
+        promoted["logger"]
+        == build_inference_service(churn_spec, "2", payload_log_url=url)["spec"]["predictor"]["logger"]
+    )
+
+
+def test_knative_predictors_keep_the_logger_url_as_given(churn_spec):
+    """In Knative mode one predictor serves both revisions and KServe's events say which (`endpoint`)."""
+    spec = parse_spec(yaml.safe_dump({**yaml.safe_load(churn_spec.to_yaml()), "deployment": {"mode": "Knative"}}))
+    obj = build_inference_service(spec, "2", champion_version="1", canary_percent=10, payload_log_url="http://d/")
+    assert obj["spec"]["predictor"]["logger"]["url"] == "http://d/"

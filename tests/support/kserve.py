@@ -29,6 +29,7 @@ from serving.inference_service import kserve_inference_service_setting
 from serving.local_plane import free_port
 from tests.support.control_plane import REPO, ControlPlane, _certificate, _key, _write_pem
 from tests.support.crds import KSERVE_MODULE, KSERVE_VERSION, module_dir
+from tests.support.node import run_tool
 
 NAMESPACE = "kserve"
 # The webhooks Shepherd's objects pass through (KServe's config/webhook/manifests.yaml names them).
@@ -40,8 +41,15 @@ WEBHOOKS = {
 }
 
 
-def build_manager() -> Path:
-    """The KServe controller binary (compiled on first use, then cached by version)."""
+# KServe's agent (cmd/agent of the same module): the sidecar KServe's pod mutator adds to a predictor with a
+# `logger`, which posts each request and response to the logger's URL. Built here, so a local name pods find in
+# containerd without a pull.
+AGENT_IMAGE = f"localhost/kserve-agent:{KSERVE_VERSION}"
+
+
+def build_kserve() -> Path:
+    """The directory holding KServe's controller (`manager`) and agent (`agent`) binaries, compiled on first use
+    and then cached by version."""
     built = (REPO / "tools" / "kserve" / "go.mod").read_text()
     if f"github.com/kserve/kserve {KSERVE_VERSION}" not in built:
         raise RuntimeError(f"tools/kserve/go.mod and tests/support/crds.py must both name KServe {KSERVE_VERSION}")
@@ -50,15 +58,35 @@ def build_manager() -> Path:
     )
     if result.returncode != 0:
         raise RuntimeError(f"scripts/kserve-tools.sh failed: {result.stderr.strip()[-2000:]}")
-    return Path(result.stdout.strip().splitlines()[-1]) / "manager"
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+def agent_archive(binaries: Path) -> Path:
+    """The agent as an image (the static binary alone, as KServe's own image is), saved once as an OCI archive
+    beside the binary for the node to import."""
+    archive = binaries / "agent-image.tar"
+    if archive.exists():
+        return archive
+    container = run_tool(["buildah", "from", "scratch"]).strip()
+    try:
+        run_tool(["buildah", "copy", container, str(binaries / "agent"), "/agent"])
+        run_tool(["buildah", "config", "--entrypoint", '["/agent"]', "--user", "65532:65532", container])
+        run_tool(["buildah", "commit", "-q", container, AGENT_IMAGE])
+    finally:
+        run_tool(["buildah", "rm", container])
+    run_tool(["podman", "save", "--format", "oci-archive", "-o", f"{archive}.tmp", AGENT_IMAGE])
+    os.replace(f"{archive}.tmp", archive)
+    return archive
 
 
 def controller_config() -> dict:
-    """KServe's own `inferenceservice-config`, set for this machine: Standard mode, no Ingress, and Shepherd's
-    bookkeeping annotations not copied into the pods."""
+    """KServe's own `inferenceservice-config`, set for this machine: Standard mode, no Ingress, Shepherd's
+    bookkeeping annotations not copied into the pods, and the agent image built here."""
     config_map = yaml.safe_load((_config() / "configmap" / "inferenceservice.yaml").read_text())
     data = config_map["data"]
     data.pop("_example", None)
+    for sidecar in ("agent", "logger"):
+        data[sidecar] = json.dumps({**json.loads(data[sidecar]), "image": AGENT_IMAGE})
     deploy = json.loads(data["deploy"])
     data["deploy"] = json.dumps({**deploy, "defaultDeploymentMode": "Standard"})
     ingress = json.loads(data["ingress"])

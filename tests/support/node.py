@@ -78,7 +78,7 @@ class Node:
         (self.workdir / "logs").mkdir(exist_ok=True)
         self.netns_before = pod_netns()
         self._start_containerd()
-        self._import(PAUSE_IMAGE, self._pause_archive())
+        self.import_archive(PAUSE_IMAGE, self._pause_archive())
         kubeconfig = str(self.plane.kubeconfig)
         pki = self.plane.workdir / "pki"
         common = [f"--kubeconfig={kubeconfig}", "--v=1"]
@@ -234,14 +234,14 @@ state = "{state / "state"}"
     def _pause_archive(self) -> Path:
         archive = CONTAINERD_ROOT / "pause-3.10.tar"
         if not archive.exists():
-            container = _run(["buildah", "from", "scratch"]).strip()
+            container = run_tool(["buildah", "from", "scratch"]).strip()
             try:
-                _run(["buildah", "copy", container, str(self.binaries / "pause"), "/pause"])
-                _run(["buildah", "config", "--entrypoint", '["/pause"]', "--user", "65535:65535", container])
-                _run(["buildah", "commit", "-q", container, PAUSE_IMAGE])
+                run_tool(["buildah", "copy", container, str(self.binaries / "pause"), "/pause"])
+                run_tool(["buildah", "config", "--entrypoint", '["/pause"]', "--user", "65535:65535", container])
+                run_tool(["buildah", "commit", "-q", container, PAUSE_IMAGE])
             finally:
-                _run(["buildah", "rm", container])
-            _run(["podman", "save", "--format", "oci-archive", "-o", f"{archive}.tmp", PAUSE_IMAGE])
+                run_tool(["buildah", "rm", container])
+            run_tool(["podman", "save", "--format", "oci-archive", "-o", f"{archive}.tmp", PAUSE_IMAGE])
             os.replace(f"{archive}.tmp", archive)
         return archive
 
@@ -249,20 +249,21 @@ state = "{state / "state"}"
         """Make podman's image `reference` available to pods; returns the name pods use for it. Imported into
         containerd's store (which lives beside the other caches) once per image id: a rebuilt image under the
         same tag is a new name here, so a pod never runs a stale build."""
-        image_id = _run(["podman", "image", "inspect", "--format", "{{.Id}}", reference]).strip()
+        image_id = run_tool(["podman", "image", "inspect", "--format", "{{.Id}}", reference]).strip()
         local = f"localhost/node-image:{image_id[:16]}"
         if local not in self._images():
             archive = self.workdir / "image.tar"
-            _run(["podman", "tag", reference, local])
+            run_tool(["podman", "tag", reference, local])
             try:
-                _run(["podman", "save", "--format", "oci-archive", "-o", str(archive), local], timeout=900)
-                self._import(local, archive)
+                run_tool(["podman", "save", "--format", "oci-archive", "-o", str(archive), local], timeout=900)
+                self.import_archive(local, archive)
             finally:
                 archive.unlink(missing_ok=True)
-                _run(["podman", "untag", reference, local])  # podman's store keeps its own names only
+                run_tool(["podman", "untag", reference, local])  # podman's store keeps its own names only
         return local
 
-    def _import(self, reference: str, archive: Path) -> None:
+    def import_archive(self, reference: str, archive: Path) -> None:
+        """Import an OCI archive holding `reference` into containerd's store (once)."""
         if reference in self._images():
             return
         self._ctr("images", "import", str(archive), timeout=900)
@@ -273,7 +274,7 @@ state = "{state / "state"}"
         return set(self._ctr("images", "ls", "-q").split())
 
     def _ctr(self, *args: str, timeout: float = 60) -> str:
-        return _run(["ctr", "-a", str(self.containerd_socket), "-n", "k8s.io", *args], timeout=timeout)
+        return run_tool(["ctr", "-a", str(self.containerd_socket), "-n", "k8s.io", *args], timeout=timeout)
 
     def _spawn(self, name: str, args: list[str], binary: str | None = None) -> None:
         log = open(self.workdir / "logs" / f"{name}.log", "w")  # noqa: SIM115 (owned by the child)
@@ -366,7 +367,7 @@ def clean_up_service_rules(binaries: Path) -> None:
         subprocess.run([str(binaries / "kube-proxy"), "--cleanup"], capture_output=True, timeout=60, check=False)
 
 
-def _run(command: list[str], timeout: float = 300) -> str:
+def run_tool(command: list[str], timeout: float = 300) -> str:
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command[:4])} failed: {result.stderr.strip()[-1500:]}")

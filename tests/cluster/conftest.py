@@ -9,13 +9,11 @@ import contextlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import threading
 import time
 import uuid
 
-import httpx
 import pytest
 import yaml
 
@@ -26,6 +24,7 @@ from tests.support.crds import KSERVE_MODULE, KSERVE_VERSION, module_dir, promet
 from tests.support.kserve import AGENT_IMAGE, KServeController, agent_archive, build_kserve
 from tests.support.node import POD_GATEWAY, Node, missing_prerequisites, node_ip
 from tests.support.prometheus import start_prometheus
+from tests.support.waiting import start_serving
 
 GROUP = "serving.kserve.io"
 MODEL_NAMESPACE = "models"  # test_kserve's: its rollouts are driven by the test, no controller pod watches it
@@ -103,19 +102,9 @@ def model_server(tmp_path_factory, churn_spec, churn_frame):
     port = free_port()
     command = [sys.executable, "-m", "mlflow", "server", "--host=0.0.0.0", f"--port={port}", "--workers=1"]
     command += [f"--backend-store-uri=sqlite:///{work / 'mlflow.db'}", f"--artifacts-destination={work / 'art'}"]
-    log = open(work / "mlflow.log", "w")  # noqa: SIM115 (owned by the child)
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    local = f"http://127.0.0.1:{port}"
+    server = start_serving(command, work / "mlflow.log", f"{local}/health")
     try:
-        local = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{local}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, (work / "mlflow.log").read_text()[-2000:]
-            time.sleep(0.5)
         assert train_and_register(churn_spec, churn_frame, local, work).alias == "champion"
         yield local, f"http://{POD_GATEWAY}:{port}"
     finally:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import subprocess
 import sys
 import time
 
@@ -45,6 +44,7 @@ from serving.rollout.loop import reconcile_once
 from serving.rollout.machine import Action
 from tests.support.node import POD_GATEWAY, answers, container_log, wait_rolled_out
 from tests.support.rollouts import PrometheusAnswers
+from tests.support.waiting import start_serving
 
 NAMESPACE = "models"
 GROUP, VERSION = "serving.kserve.io", "v1beta1"
@@ -75,23 +75,11 @@ def drift_service(model_server, tmp_path_factory):
     """Shepherd's drift service on this machine, where the predictors' payload loggers post (pods reach it through
     the bridge, as they reach MLflow); yields (URL here, URL for pods)."""
     port = free_port()
-    log_path = tmp_path_factory.mktemp("drift") / "drift.log"
     command = [sys.executable, "-m", "monitoring.drift", "--host=0.0.0.0", f"--port={port}"]
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [*command, f"--tracking-uri={model_server[0]}"], stdout=log, stderr=subprocess.STDOUT
-        )
+    command.append(f"--tracking-uri={model_server[0]}")
     local = f"http://127.0.0.1:{port}"
+    process = start_serving(command, tmp_path_factory.mktemp("drift") / "drift.log", f"{local}/healthz", 60)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{local}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()[-2000:]
-            time.sleep(0.5)
         yield local, f"http://{POD_GATEWAY}:{port}/"
     finally:
         process.terminate()

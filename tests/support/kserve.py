@@ -29,7 +29,7 @@ from serving.inference_service import kserve_inference_service_setting
 from serving.local_plane import free_port
 from tests.support.control_plane import REPO, ControlPlane, _certificate, _key, _write_pem
 from tests.support.crds import KSERVE_MODULE, KSERVE_VERSION, module_dir
-from tests.support.node import run_tool
+from tests.support.node import binary_image_archive
 
 NAMESPACE = "kserve"
 # The webhooks Shepherd's objects pass through (KServe's config/webhook/manifests.yaml names them).
@@ -64,19 +64,7 @@ def build_kserve() -> Path:
 def agent_archive(binaries: Path) -> Path:
     """The agent as an image (the static binary alone, as KServe's own image is), saved once as an OCI archive
     beside the binary for the node to import."""
-    archive = binaries / "agent-image.tar"
-    if archive.exists():
-        return archive
-    container = run_tool(["buildah", "from", "scratch"]).strip()
-    try:
-        run_tool(["buildah", "copy", container, str(binaries / "agent"), "/agent"])
-        run_tool(["buildah", "config", "--entrypoint", '["/agent"]', "--user", "65532:65532", container])
-        run_tool(["buildah", "commit", "-q", container, AGENT_IMAGE])
-    finally:
-        run_tool(["buildah", "rm", container])
-    run_tool(["podman", "save", "--format", "oci-archive", "-o", f"{archive}.tmp", AGENT_IMAGE])
-    os.replace(f"{archive}.tmp", archive)
-    return archive
+    return binary_image_archive(binaries / "agent", AGENT_IMAGE, "65532:65532", binaries / "agent-image.tar")
 
 
 def controller_config() -> dict:

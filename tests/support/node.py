@@ -232,18 +232,9 @@ state = "{state / "state"}"
         return config
 
     def _pause_archive(self) -> Path:
-        archive = CONTAINERD_ROOT / "pause-3.10.tar"
-        if not archive.exists():
-            container = run_tool(["buildah", "from", "scratch"]).strip()
-            try:
-                run_tool(["buildah", "copy", container, str(self.binaries / "pause"), "/pause"])
-                run_tool(["buildah", "config", "--entrypoint", '["/pause"]', "--user", "65535:65535", container])
-                run_tool(["buildah", "commit", "-q", container, PAUSE_IMAGE])
-            finally:
-                run_tool(["buildah", "rm", container])
-            run_tool(["podman", "save", "--format", "oci-archive", "-o", f"{archive}.tmp", PAUSE_IMAGE])
-            os.replace(f"{archive}.tmp", archive)
-        return archive
+        return binary_image_archive(
+            self.binaries / "pause", PAUSE_IMAGE, "65535:65535", CONTAINERD_ROOT / "pause-3.10.tar"
+        )
 
     def load_image(self, reference: str) -> str:
         """Make podman's image `reference` available to pods; returns the name pods use for it. Imported into
@@ -365,6 +356,23 @@ def clean_up_service_rules(binaries: Path) -> None:
     """kube-proxy's iptables chains outlive it: remove them (what `kube-proxy --cleanup` is for)."""
     with contextlib.suppress(Exception):
         subprocess.run([str(binaries / "kube-proxy"), "--cleanup"], capture_output=True, timeout=60, check=False)
+
+
+def binary_image_archive(binary: Path, reference: str, user: str, archive: Path) -> Path:
+    """An image holding one static binary as its entrypoint (`/<its name>`, run as `user`), saved once as an OCI
+    archive at `archive` for containerd to import."""
+    if archive.exists():
+        return archive
+    container = run_tool(["buildah", "from", "scratch"]).strip()
+    try:
+        run_tool(["buildah", "copy", container, str(binary), f"/{binary.name}"])
+        run_tool(["buildah", "config", "--entrypoint", f'["/{binary.name}"]', "--user", user, container])
+        run_tool(["buildah", "commit", "-q", container, reference])
+    finally:
+        run_tool(["buildah", "rm", container])
+    run_tool(["podman", "save", "--format", "oci-archive", "-o", f"{archive}.tmp", reference])
+    os.replace(f"{archive}.tmp", archive)
+    return archive
 
 
 def run_tool(command: list[str], timeout: float = 300) -> str:

@@ -16,8 +16,9 @@ Evidently HTML report at `/models/<model>/report?role=canary&reference=champion`
 Payload logs are accepted in three CloudEvents forms (contract in `monitoring/payload_log.py`): binary mode
 (ce-* headers, one event per POST: what KServe's logger sends), one structured event
 (`application/cloudevents+json`), and batch mode (`application/cloudevents-batch+json`, a JSON array of
-structured events: what the local plane sends). A request waits in `pending` for its response (or a response
-for its request: KServe's agent posts the two from concurrent workers, so either may come first): a response
+structured events: what the local plane sends). A request waits in `pending` for its response (or, sent one
+by one, a response for its request: KServe's agent posts the two from concurrent workers; a batch comes in
+order, and a response there without its request is dropped at once): a response
 with an error status (the `statuscode` attribute) drops it at once, and a request whose response never comes
 (KServe's logger logs no error responses) is dropped after `--pending-ttl` seconds, so memory stays flat
 whatever the traffic. Binary tensor bodies (the `inferenceheaderlength` attribute) are decoded with KServe's
@@ -634,18 +635,19 @@ class DriftService:
         where: str = "",
         predicted: list[Prediction] | None = None,
         revision: Mapping = MappingProxyType({}),
+        in_order: bool = False,
     ) -> int:
         """Take one CloudEvent in the JSON event format (its predictions are recorded at once, or added
-        to `predicted` for the caller to record)."""
+        to `predicted` for the caller to record). `in_order`: a response never comes before its request."""
         batch: list[Prediction] = [] if predicted is None else predicted
-        rows = self._counted(lambda: self._take(event_from_structured(event, where, revision), batch))
+        rows = self._counted(lambda: self._take(event_from_structured(event, where, revision), batch, in_order))
         if predicted is None:
             self._record(batch)
         return rows
 
     def ingest_batch(self, body: bytes, revision: Mapping = MappingProxyType({})) -> dict:
-        """Take a batch (a JSON array of structured events). A bad event is reported by its index and
-        does not keep the others out."""
+        """Take a batch (a JSON array of structured events: the plane's, which keeps a prediction's request
+        before its response). A bad event is reported by its index and does not keep the others out."""
         try:
             events = orjson.loads(body)  # the plane's batches are strict JSON: orjson reads them about 2x faster
         except orjson.JSONDecodeError:
@@ -659,7 +661,7 @@ class DriftService:
         predicted: list[Prediction] = []
         for index, event in enumerate(events):
             try:
-                rows += self.ingest_structured(event, f"events[{index}].", predicted, revision)
+                rows += self.ingest_structured(event, f"events[{index}].", predicted, revision, in_order=True)
             except (BadEvent, LookupError) as exc:
                 invalid.append({"index": index, "error": str(exc)})
             except Exception as exc:  # a bug of ours on one event must not lose the rest of the batch
@@ -718,7 +720,11 @@ class DriftService:
         self.events["ok"].inc()
         return rows
 
-    def _take(self, event: LoggedEvent, predicted: list[Prediction]) -> int:
+    def _take(self, event: LoggedEvent, predicted: list[Prediction], in_order: bool = False) -> int:
+        """Pair the event with the other half of its prediction. A response may come before its request (KServe's
+        agent posts both from concurrent workers) and then waits for it, unless the sender keeps them `in_order`
+        (a batch: the plane queues a prediction's request before its response), where it has no request to wait
+        for (dropped as a bad event, or expired)."""
         version = event.version
         if not version.isdigit():
             version = self.references.resolve_version(event.model, event.role)
@@ -743,8 +749,9 @@ class DriftService:
                     return 0
                 rows, status, scores = request_rows, waiting.status, waiting.scores  # its response came first
             else:
-                if waiting is None or waiting.rows is None:  # the request is on its way (or was lost: the TTL)
-                    self.discarded["overflow"].inc(window.wait(event.event_id, response))
+                if waiting is None or waiting.rows is None:
+                    if not in_order:  # the request is on its way (or was lost: the TTL)
+                        self.discarded["overflow"].inc(window.wait(event.event_id, response))
                     return 0
                 rows, status, scores = waiting.rows, response.status, response.scores
             if not 200 <= status < 300:

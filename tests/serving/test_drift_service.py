@@ -353,6 +353,18 @@ def test_a_response_that_comes_before_its_request_is_paired_when_the_request_com
     assert gauge(drift, DRIFT_PENDING_DISCARDED_TOTAL, reason="error_response") == 1.0
 
 
+def test_in_a_batch_a_response_without_its_request_is_dropped_at_once(service, traffic):
+    """A batch comes in order (the plane queues a prediction's request before its response): a response whose
+    request was refused as a bad event has nothing to wait for."""
+    _, client = service
+    _, scores = traffic["same"]
+    answer = {"predictions": [{"label": "x", "probability": float(scores[0])}]}
+    bad_request = _structured(REQUEST_EVENT, "b1", {"instances": "not rows"})
+    result = _batch(client, [bad_request, _structured(RESPONSE_EVENT, "b1", answer)])
+    assert [e["index"] for e in result["invalid"]] == [0]
+    assert pending(client) == {"champion": 0}
+
+
 def test_a_request_whose_response_never_comes_expires_after_the_ttl(registered_churn, traffic):
     """KServe's own logger sends no response event for an error: the request must not stay forever,
     even when no further event arrives to trigger a clean-up."""

@@ -3,17 +3,13 @@
 #
 #   lane A (this terminal): everything but lane B's tests;
 #   lane B (in the background, its output printed when both are done): the image's tests and the real node's
-#           (tests/image, and tests/cluster's node, KServe, chart and rollout-on-node modules), and two modules of
-#           DAG runs (tests/pipeline's per-task and retraining-on-labels runs).
+#           (tests/image, and tests/cluster's node, KServe, chart and rollout-on-node modules).
 #
-# Lane B's image and node tests spend most of their time waiting (pods starting, KServe reconciling, containers,
-# rollout intervals) and, on a cold machine, for the image and the cluster binaries to be built (scripts/image.sh
-# and scripts/warm-tools.sh in the background): run beside lane A they cost little more than lane A alone. The two
-# DAG modules go with them so that the lanes take about as long as each other on a warm machine (lane A was the
-# critical path without them: docs/benchmarks.md); tests/conftest.py runs them first in lane B, while a cold
-# machine's tools are still building. Each lane is a separate session with its own fixtures and temporary
-# directory; nothing they start is shared (free ports, their own PostgreSQL, MLflow, control planes). Arguments go
-# to both lanes (e.g. -x, -k expression).
+# Lane B's tests spend most of their time waiting (pods starting, KServe reconciling, containers, rollout intervals)
+# and, on a cold machine, for the image and the cluster binaries to be built (scripts/image.sh and
+# scripts/warm-tools.sh in the background): run beside lane A they cost little more than lane A alone. Each lane is
+# a separate session with its own fixtures and temporary directory; nothing they start is shared (free ports,
+# their own PostgreSQL, MLflow, control planes). Arguments go to both lanes (e.g. -x, -k expression).
 # Exit status: 0 when both lanes passed, else the first failing lane's.
 #
 #   scripts/test-lanes.sh [pytest arguments]
@@ -22,8 +18,6 @@ cd "$(dirname "$0")/.." || exit 1
 
 py=.venv/bin/python
 lane_b=(
-  tests/pipeline/test_tasks.py
-  tests/pipeline/test_retraining_on_labels.py
   tests/image
   tests/cluster/test_node.py
   tests/cluster/test_kserve.py

@@ -223,8 +223,8 @@ def test_the_canary_runs_beside_the_champion_each_answering_its_version(
     # KServe 0.20 gives the canary's pod the agent but builds its Service without the predictor's logger
     # (reconcileCanaryDeployments passes an empty ComponentExtensionSpec), so the Service bypasses the agent and
     # the answers above were not logged. Sent to the pod's agent port, as a gateway must be told to, they are, and
-    # land in the canary's window: KServe's agent sends no endpoint in Standard mode, and the drift service tells
-    # the canary by the pod that logged them.
+    # land in the canary's window: KServe's agent names no revision in Standard mode, and the drift service reads
+    # it from the canary's logger URL (`?role=canary&version=2`).
     assert [p.target_port for p in core.read_namespaced_service("churn-v2-predictor", NAMESPACE).spec.ports] == [8080]
     pods = core.list_namespaced_pod(NAMESPACE, label_selector="app=isvc.churn-v2-predictor").items
     (pod,) = [p for p in pods if p.metadata.deletion_timestamp is None]
